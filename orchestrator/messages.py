@@ -1,0 +1,80 @@
+"""The site queue's message and reply, as pydantic models (see docs: queue API contract)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_PRIORITY = 5
+DEFAULT_DOMAIN = "saywhatwant.app"
+
+
+class BotParams(BaseModel):
+    """What the poster asked of the bot; present only when an entity is named."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    status: Literal["pending", "processing", "complete"] | None = None
+    priority: int = DEFAULT_PRIORITY
+    entity: str | None = None
+    ais: str | None = None
+    session_id: str | None = Field(default=None, alias="sessionId")
+    human_username: str | None = Field(default=None, alias="humanUsername")
+    human_color: str | None = Field(default=None, alias="humanColor")
+    claimed_by: str | None = Field(default=None, alias="claimedBy")
+    claimed_at: int | None = Field(default=None, alias="claimedAt")
+    completed_at: int | None = Field(default=None, alias="completedAt")
+
+    @property
+    def effective_priority(self) -> int:
+        """A missing or zero priority counts as the default, as the site queue orders it."""
+        return self.priority or DEFAULT_PRIORITY
+
+
+class Message(BaseModel):
+    """One message of the site queue. Field names follow the wire (camelCase, `message-type`)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    timestamp: int
+    text: str
+    username: str
+    color: str = ""
+    domain: str = DEFAULT_DOMAIN
+    message_type: Literal["human", "AI"] = Field(default="human", alias="message-type")
+    reply_to: str | None = Field(default=None, alias="replyTo")
+    context: list[str] | None = None
+    eq_score: float = Field(default=0, alias="eqScore")
+    bot_params: BotParams | None = Field(default=None, alias="botParams")
+
+    def wire(self) -> dict[str, Any]:
+        """The message as the site queue speaks it."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class NewMessage(BaseModel):
+    """A message as posted: the queue fills in `id` and `timestamp` when they are missing."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str | None = Field(default=None, min_length=1, max_length=200)
+    timestamp: int | None = None
+    text: str
+    username: str
+    color: str = ""
+    domain: str = DEFAULT_DOMAIN
+    message_type: Literal["human", "AI"] = Field(default="human", alias="message-type")
+    reply_to: str | None = Field(default=None, alias="replyTo")
+    context: list[str] | None = None
+    eq_score: float = Field(default=0, alias="eqScore")
+    bot_params: BotParams | None = Field(default=None, alias="botParams")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def reply_id_for(human_message_id: str) -> str:
+    """The id of the reply to a human message: derived, so a second post is a `duplicate`."""
+    return f"{human_message_id}-re"
