@@ -1,0 +1,38 @@
+"""The worker that runs on each Mac: `celery -A workers worker -Q <server-id>`.
+
+Imports nothing from `orchestrator`; installs alone.
+"""
+
+from workers.errors import (
+    ContextOverflow,
+    GenerationTimeout,
+    ModelMissing,
+    OllamaError,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+)
+from workers.keys import Keys
+from workers.ollama_client import OllamaClient
+from workers.protocol import ChatOutcome, ChatRequest, ChatTurn, GenerateJob, GenerateResult
+from workers.settings import WorkerSettings
+from workers.version import __version__
+
+__all__ = [
+    "ChatOutcome",
+    "ChatRequest",
+    "ChatTurn",
+    "ContextOverflow",
+    "GenerateJob",
+    "GenerateResult",
+    "GenerationTimeout",
+    "Keys",
+    "ModelMissing",
+    "OllamaClient",
+    "OllamaError",
+    "ServerBusy",
+    "ServerError",
+    "ServerUnavailable",
+    "WorkerSettings",
+    "__version__",
+]

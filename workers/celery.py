@@ -1,0 +1,26 @@
+"""The Mac's Celery app: `celery -A workers worker -Q mac-1` finds `app` here.
+
+Settings are read from the environment when Celery first needs them, not at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.celery_config import celery_config
+from workers.heartbeat import Heartbeat
+from workers.settings import WorkerSettings
+from workers.tasks import register
+
+
+def worker_defaults() -> dict[str, Any]:
+    settings = WorkerSettings()
+    return {**celery_config(settings), "worker_concurrency": settings.concurrency}
+
+
+app = Celery("workers", set_as_current=False)
+app.add_defaults(worker_defaults)
+app.steps["worker"].add(Heartbeat)
+register(app)

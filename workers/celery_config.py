@@ -1,0 +1,37 @@
+"""The Celery settings the design depends on, shared by the server workers and control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
+from workers.settings import CelerySettings
+
+
+def celery_config(settings: CelerySettings) -> dict[str, Any]:
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        # JSON only: a message can never make a worker run code (no pickle).
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A task is acknowledged after it ran; a lost worker's tasks go back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_ignore_result": True,
+        "task_routes": {DELIVER_TASK: {"queue": CONTROL_QUEUE}},
+        "task_default_queue": CONTROL_QUEUE,
+        # Work is waiting on HTTP, not on the CPU: threads, not processes.
+        "worker_pool": "threads",
+        "worker_disable_rate_limits": True,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+    }

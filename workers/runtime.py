@@ -1,0 +1,70 @@
+"""What a running worker holds: its settings, its server id, its Ollama client and Redis."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from workers.keys import Keys
+from workers.ollama_client import OllamaClient
+from workers.settings import WorkerSettings
+
+
+@dataclass
+class WorkerRuntime:
+    settings: WorkerSettings
+    server_id: str
+    keys: Keys
+    redis: redis.Redis
+    ollama: OllamaClient
+
+    @classmethod
+    def build(cls, settings: WorkerSettings, server_id: str) -> WorkerRuntime:
+        return cls(
+            settings=settings,
+            server_id=server_id,
+            keys=Keys(settings.key_prefix),
+            redis=redis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                retry_on_timeout=True,
+            ),
+            ollama=OllamaClient(
+                settings.ollama_url,
+                connect_timeout=settings.connect_timeout_s,
+                read_timeout=settings.read_timeout_s,
+            ),
+        )
+
+    def close(self) -> None:
+        self.ollama.close()
+        self.redis.close()
+
+
+_current: WorkerRuntime | None = None
+_lock = threading.Lock()
+
+
+def install(runtime: WorkerRuntime) -> None:
+    global _current  # noqa: PLW0603 - one runtime per worker process, set by its bootstep
+    with _lock:
+        _current = runtime
+
+
+def current() -> WorkerRuntime:
+    """The runtime the worker's bootstep installed."""
+    if _current is None:
+        raise RuntimeError("worker runtime not started (the Heartbeat bootstep installs it)")
+    return _current
+
+
+def uninstall() -> WorkerRuntime | None:
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+    return runtime

@@ -1,0 +1,51 @@
+"""A Mac's worker settings: environment variables with the OLLAMA_CLOUD_ prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.keys import DEFAULT_PREFIX
+
+ENV_PREFIX = "OLLAMA_CLOUD_"
+
+
+class CelerySettings(BaseSettings):
+    """What every Celery process of the system shares: the broker and the delivery guarantees."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for the Celery broker and the shared state; redis:// or rediss://",
+    )
+    key_prefix: str = Field(default=DEFAULT_PREFIX, description="Prefix of every Redis key")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Seconds before an unacked task is redelivered; longer than any generation",
+    )
+
+
+class WorkerSettings(CelerySettings):
+    """A worker needs the Redis URL and its queue (`-Q`); the rest has defaults or is asked."""
+
+    server_id: str | None = Field(
+        default=None, description="Server id; defaults to the queue given with -Q"
+    )
+    ollama_url: str = Field(
+        default="http://127.0.0.1:11434", description="This server's Ollama (http://host:port)"
+    )
+    location: str = Field(default="", description="Where the server is, for people")
+    region: str = Field(default="", description="Region, for routing preference")
+    priority: int = Field(default=0, description="Higher is preferred among equal servers")
+    capacity: int | None = Field(
+        default=None, ge=1, description="Parallel slots; defaults to the worker's concurrency"
+    )
+    concurrency: int = Field(default=4, ge=1, description="Worker threads (celery -c overrides)")
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between beats")
+    heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A record expires after this")
+    connect_timeout_s: float = Field(default=3.0, gt=0, description="Give up connecting to Ollama")
+    read_timeout_s: float = Field(
+        default=300.0, gt=0, description="Wait for an answer; covers a first model load"
+    )
