@@ -1,0 +1,290 @@
+"""The bridge: claims messages while the fleet has room, ledgers them, places and dispatches them.
+
+One message's path here: claim-next → ledger (first) → validate → entity → chat request →
+route → reserve a slot → dispatch `generate` to the server's queue, its result linked to
+`deliver` on `control`. A message that cannot be placed yet waits here, by priority then age.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import ValidationError
+
+from orchestrator.errors import MessageGone, QueueError
+from orchestrator.fleet import ServerView
+from orchestrator.ledger import Job, JobState
+from orchestrator.messages import Message
+from orchestrator.prompts import build_chat_request, build_eq_request
+from orchestrator.routing import able_servers, choose_server
+from orchestrator.services import Services
+from workers.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, ChatRequest, GenerateJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(order=True)
+class ReadyJob:
+    """A validated job with its chat requests built, waiting for a slot."""
+
+    sort_key: tuple[int, float, int]
+    job_id: str = field(compare=False)
+    model: str = field(compare=False)
+    region: str = field(compare=False)
+    reply: ChatRequest = field(compare=False)
+    eq: ChatRequest | None = field(compare=False)
+    attempt: int = field(compare=False, default=0)
+    tried: tuple[str, ...] = field(compare=False, default=())
+
+
+class Rejection(Exception):
+    """A message that will get no reply, with the reason recorded in the ledger."""
+
+
+class Bridge:
+    def __init__(self, services: Services, celery_app: Celery) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.celery = celery_app
+        self.waiting: list[ReadyJob] = []
+        self._order = itertools.count()
+        self._rng = random.Random()
+        self._queue_empty_until = 0.0
+        self._queue_backoff_s = 0.0
+        self.stats = {"claimed": 0, "dispatched": 0, "rejected": 0, "dead": 0}
+
+    # The loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("bridge %s starting: queue=%s", self.settings.bridge_id, self.settings.queue_url)
+        self.resume_from_ledger()
+        pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.services.keys.slot_events)
+        try:
+            while not stop.is_set():
+                try:
+                    progressed = self.step()
+                except redis.RedisError as exc:
+                    log.warning("bridge: redis unavailable (%s); retrying", exc)
+                    stop.wait(0.5)
+                    continue
+                if not progressed:
+                    self._wait_for_change(pubsub, stop)
+        finally:
+            pubsub.close()
+            log.info("bridge %s stopped", self.settings.bridge_id)
+
+    def _wait_for_change(self, pubsub: redis.client.PubSub, stop: threading.Event) -> None:
+        """Sleep until a slot frees or a server changes, or until the queue is worth asking."""
+        timeout = max(0.01, min(0.5, self._queue_empty_until - time.monotonic()))
+        try:
+            event = pubsub.get_message(timeout=timeout)
+            # Drain a burst of events so one freed slot is one wake-up, not many.
+            while event is not None and not stop.is_set():
+                event = pubsub.get_message(timeout=0)
+        except redis.RedisError as exc:
+            log.warning("bridge: event channel lost (%s)", exc)
+            stop.wait(0.5)
+
+    def step(self) -> bool:
+        """Place what waits, then claim one message if a slot is left. True if anything moved."""
+        fleet = self.services.fleet.read()
+        progressed = self.place_waiting(fleet)
+        if progressed:
+            fleet = self.services.fleet.read()
+        free_slots = sum(server.free_slots for server in fleet)
+        if free_slots <= len(self.waiting) or time.monotonic() < self._queue_empty_until:
+            return progressed
+        return self.claim_one(fleet) or progressed
+
+    # Claiming --------------------------------------------------------------------------------
+
+    def claim_one(self, fleet: list[ServerView]) -> bool:
+        try:
+            claimed = self.services.queue.claim_next(self.settings.bridge_id)
+        except QueueError as exc:
+            self._queue_backoff_s = min(5.0, max(0.2, self._queue_backoff_s * 2))
+            self._queue_empty_until = time.monotonic() + self._queue_backoff_s
+            log.warning("bridge: claim-next failed (%s); next try in %.1fs", exc, self._queue_backoff_s)
+            return False
+        self._queue_backoff_s = 0.0
+        if claimed.message is None:
+            self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
+            return False
+        self.stats["claimed"] += 1
+        self.take(claimed.message, fleet)
+        return True
+
+    def take(self, raw: dict[str, Any], fleet: list[ServerView]) -> None:
+        """Handle one claimed message; never raises for anything the message carries."""
+        job_id = raw.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            log.error("bridge: claimed a message without an id; cannot complete it: %.200r", raw)
+            self.services.redis.hincrby(self.services.keys.counters, "no_id", 1)
+            return
+        if not self.services.ledger.record_claim(
+            job_id, raw, self.settings.bridge_id, self.settings.job_deadline_s
+        ):
+            log.warning("job=%s claimed again but already in the ledger: left as it is", job_id)
+            return
+        try:
+            ready = self.prepare(job_id, raw)
+        except Rejection as exc:
+            self.reject(job_id, str(exc))
+            return
+        except Exception as exc:  # a message must never stop the bridge
+            log.exception("job=%s could not be prepared", job_id)
+            self.reject(job_id, f"internal error preparing the message: {exc!r}"[:500])
+            return
+        self.enqueue(ready, fleet)
+
+    def prepare(self, job_id: str, raw: dict[str, Any]) -> ReadyJob:
+        try:
+            message = Message.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()[:5]
+            )
+            raise Rejection(f"malformed message: {problems}") from exc
+        params = message.bot_params
+        entity_id = params.entity if params else None
+        if not entity_id:
+            raise Rejection("message names no entity")
+        entity = self.services.entities.get(entity_id)
+        if entity is None:
+            raise Rejection(f"unknown entity {entity_id!r}")
+        if not entity.enabled:
+            raise Rejection(f"entity {entity_id!r} is disabled")
+        reply = build_chat_request(entity, message)
+        eq = None
+        scorer = self.services.entities.get(self.settings.eq_entity)
+        if self.settings.eq_enabled and scorer is not None and scorer.enabled:
+            eq = build_eq_request(scorer, message)
+        priority = params.effective_priority if params else 5
+        self.services.ledger.mark_ready(job_id, entity.id, entity.model, priority)
+        return ReadyJob(
+            sort_key=(-priority, message.timestamp, next(self._order)),
+            job_id=job_id,
+            model=entity.model,
+            region=getattr(entity, "region", None) or "",
+            reply=reply,
+            eq=eq,
+        )
+
+    def reject(self, job_id: str, reason: str) -> None:
+        """No reply for this message: record why, then complete it on the site."""
+        log.warning("job=%s rejected: %s", job_id, reason)
+        self.stats["rejected"] += 1
+        self.services.ledger.finish(job_id, JobState.REJECTED, reason=reason, outcome="rejected")
+        self.complete_quietly(job_id)
+
+    def complete_quietly(self, job_id: str) -> None:
+        try:
+            self.services.queue.complete(job_id)
+        except MessageGone:
+            log.warning("job=%s already gone from the site queue", job_id)
+        except QueueError as exc:
+            log.error("job=%s could not be completed on the site queue: %s", job_id, exc)
+
+    # Placing ---------------------------------------------------------------------------------
+
+    def enqueue(self, ready: ReadyJob, fleet: list[ServerView]) -> None:
+        if not able_servers(fleet, ready.model):
+            reason = f"no online server has model {ready.model}"
+            log.warning("job=%s dead: %s", ready.job_id, reason)
+            self.stats["dead"] += 1
+            self.services.ledger.finish(ready.job_id, JobState.DEAD, reason=reason, outcome="dead")
+            self.complete_quietly(ready.job_id)
+            return
+        if not self.place(ready, fleet):
+            heapq.heappush(self.waiting, ready)
+            log.debug("job=%s waits for a slot for %s", ready.job_id, ready.model)
+
+    def place_waiting(self, fleet: list[ServerView]) -> bool:
+        if not self.waiting:
+            return False
+        placed_any = False
+        still_waiting: list[ReadyJob] = []
+        while self.waiting:
+            ready = heapq.heappop(self.waiting)
+            if self.place(ready, fleet):
+                placed_any = True
+                fleet = self.services.fleet.read()
+            else:
+                still_waiting.append(ready)
+        for ready in still_waiting:
+            heapq.heappush(self.waiting, ready)
+        return placed_any
+
+    def place(self, ready: ReadyJob, fleet: list[ServerView]) -> bool:
+        """Reserve a slot on the chosen server and dispatch; False if no slot could be had."""
+        for _ in range(3):
+            decision = choose_server(fleet, ready.model, region=ready.region, rng=self._rng)
+            server = decision.server
+            if server is None:
+                return False
+            if self.services.fleet.reserve(server.id, server.capacity, ready.job_id):
+                log.debug("job=%s route %s", ready.job_id, decision.reason)
+                self.dispatch(ready, server.id)
+                return True
+            # Another bridge took that slot between our read and our reserve: look again.
+            fleet = self.services.fleet.read()
+        return False
+
+    def dispatch(self, ready: ReadyJob, server_id: str) -> None:
+        attempt = ready.attempt + 1
+        ledger = self.services.ledger
+        ledger.mark_dispatched(ready.job_id, attempt, server_id)
+        job = GenerateJob(
+            job_id=ready.job_id,
+            attempt=attempt,
+            server_id=server_id,
+            reply=ready.reply,
+            eq=ready.eq,
+            dispatched_at=time.time(),
+        )
+        self.celery.send_task(
+            GENERATE_TASK,
+            args=[job.model_dump(mode="json")],
+            queue=server_id,
+            link=self.celery.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
+        )
+        self.stats["dispatched"] += 1
+        log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
+
+    # Restart ---------------------------------------------------------------------------------
+
+    def resume_from_ledger(self) -> None:
+        """Take back this bridge's jobs that were claimed but never dispatched."""
+        ledger = self.services.ledger
+        jobs = ledger.get_many(ledger.active_job_ids())
+        mine = [
+            job
+            for job in jobs
+            if job.bridge_id == self.settings.bridge_id
+            and job.state in {JobState.CLAIMED, JobState.WAITING}
+        ]
+        fleet = self.services.fleet.read()
+        for job in mine:
+            self.resume(job, fleet)
+        if mine:
+            log.info("bridge: resumed %d jobs from the ledger", len(mine))
+
+    def resume(self, job: Job, fleet: list[ServerView]) -> None:
+        try:
+            ready = self.prepare(job.id, job.message)
+        except Rejection as exc:
+            self.reject(job.id, str(exc))
+            return
+        ready.attempt = job.attempt
+        self.enqueue(ready, fleet)

@@ -1,0 +1,42 @@
+"""The orchestrator's Celery app: `celery -A orchestrator worker -Q control` and
+`celery -A orchestrator beat` find `app` here. Settings are read when Celery first needs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from orchestrator.control import SWEEP_TASK, register
+from orchestrator.settings import Settings, load_settings
+from workers.celery_config import celery_config
+from workers.protocol import CONTROL_QUEUE
+
+
+def control_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **celery_config(settings),
+        "worker_concurrency": settings.control_concurrency,
+        # Beat's schedule is a handful of short intervals: kept in memory, no file left behind.
+        "beat_scheduler": "celery.beat:Scheduler",
+        "beat_schedule": {
+            "sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval_s,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.sweep_interval_s * 5},
+            },
+        },
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    """An app configured now from explicit settings (the bridge, the demo, tests)."""
+    configured = Celery("orchestrator", set_as_current=False)
+    configured.conf.update(control_config(settings))
+    register(configured)
+    return configured
+
+
+app = Celery("orchestrator", set_as_current=False)
+app.add_defaults(lambda: control_config(load_settings()))
+register(app)

@@ -1,0 +1,130 @@
+"""`ollama-cloud`: a thin layer that parses flags, builds settings and calls one function."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.settings import load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+queue_app = typer.Typer(no_args_is_help=True, help="The local site queue.")
+app.add_typer(queue_app, name="queue")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (else OLLAMA_CLOUD_CONFIG)")
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so a loop ends its current step and exits cleanly."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+@app.command()
+def bridge(
+    config: ConfigOption = None,
+    queue_url: Annotated[str | None, typer.Option(help="The site queue's URL")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+    entities_dir: Annotated[Path | None, typer.Option(help="Folder of entity files")] = None,
+    bridge_id: Annotated[str | None, typer.Option(help="workerId to claim with")] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Claim messages from the site queue and dispatch them to the fleet."""
+    from orchestrator.bridge import Bridge  # noqa: PLC0415 - keep `--help` fast
+    from orchestrator.celery import make_app  # noqa: PLC0415
+    from orchestrator.services import Services  # noqa: PLC0415
+
+    setup_logging(log_level)
+    settings = load_settings(
+        config,
+        queue_url=queue_url,
+        redis_url=redis_url,
+        entities_dir=entities_dir,
+        bridge_id=bridge_id,
+    )
+    services = Services.build(settings)
+    try:
+        Bridge(services, make_app(settings)).run(stop_on_signals())
+    finally:
+        services.close()
+
+
+@queue_app.command("serve")
+def queue_serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8787,
+    db: Annotated[Path, typer.Option(help="SQLite file")] = Path("queue.sqlite3"),
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve the site queue's API from SQLite (token: OLLAMA_CLOUD_QUEUE_TOKEN, optional)."""
+    from orchestrator.local_queue import serve  # noqa: PLC0415
+
+    setup_logging(log_level)
+    settings = load_settings(config)
+    serve(host, port, db, settings.queue_token_value())
+
+
+@app.command()
+def sim(
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            help="name=mac-1,port=11501,models=llama3.2:3b+qwen2.5:7b,loaded=...,tps=40,"
+            "load=2.5,parallel=2,queue=0,max_loaded=2,ctx=8192 (repeat for more servers)",
+        ),
+    ] = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Serve simulated Ollama servers, each on its own port."""
+    from orchestrator.simulator import parse_server_spec, serve  # noqa: PLC0415
+    from orchestrator.stack import demo_fleet  # noqa: PLC0415
+
+    setup_logging(log_level)
+    specs = [parse_server_spec(text) for text in server] if server else demo_fleet()
+    for spec in specs:
+        typer.echo(f"{spec.name}: http://{spec.host}:{spec.port or 'auto'} models={','.join(spec.models)}")
+    asyncio.run(serve(specs))
+
+
+@app.command()
+def demo(
+    messages: Annotated[
+        int | None,
+        typer.Option(help="Post N messages, wait for every reply, print a summary and exit"),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Messages per second while running live")] = 2.0,
+    timeout: Annotated[float, typer.Option(help="With --messages: give up after this many seconds")] = 300.0,
+) -> None:
+    """The whole system on this machine: local queue, embedded Redis, three simulated Macs."""
+    from orchestrator.demo import run_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_demo(messages=messages, rate=rate, timeout=timeout))
+
+
+def main() -> None:
+    app()

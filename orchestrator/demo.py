@@ -1,0 +1,208 @@
+"""`ollama-cloud demo`: the whole system on one machine, with replies flowing live."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.fleet import ServerView
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.queue_client import SiteQueueClient
+from orchestrator.stack import LocalStack
+
+console = Console()
+
+SAMPLE_LINES = [
+    ("ada", "What is the point of learning things I will forget?"),
+    ("bo", "Is it better to be kind or to be right?"),
+    ("cy", "Why does time feel faster as we get older?"),
+    ("di", "Give me one honest piece of advice."),
+    ("eli", "Can a machine ever be wise?"),
+    ("fay", "What should I read next?"),
+    ("gus", "How do I stop putting things off?"),
+    ("hal", "Tell me something you find beautiful."),
+]
+REPLY_ENTITIES = ["the-eternal", "the-critic"]
+
+
+def sample_message(index: int, rng: random.Random) -> NewMessage:
+    username, text = SAMPLE_LINES[index % len(SAMPLE_LINES)]
+    others = rng.sample(SAMPLE_LINES, 2)
+    context = [f"{name}: {line}" for name, line in others] + [f"{username}: hello there"]
+    ais = "Oracle:080150227" if index % 7 == 3 else None
+    return NewMessage(
+        id=f"demo-{int(time.time() * 1000)}-{index}",
+        text=f"{text} (#{index})",
+        username=username,
+        color="080150227",
+        context=context,
+        botParams=BotParams(
+            entity=REPLY_ENTITIES[index % len(REPLY_ENTITIES)],
+            priority=5 + (index % 3 == 0),
+            ais=ais,
+            humanUsername=username,
+            humanColor="080150227",
+        ),
+    )
+
+
+@dataclass
+class Progress:
+    """What the fleet has done so far, read from the ledger."""
+
+    posted: list[str] = field(default_factory=list)
+    finished: dict[str, dict[str, str]] = field(default_factory=dict)
+    last_score: float = 0.0
+
+    def refresh(self, stack: LocalStack) -> None:
+        new_ids: list[str] = stack.redis.zrangebyscore(  # type: ignore[assignment]
+            stack.keys.finished_jobs, self.last_score, "+inf", withscores=False
+        )
+        fresh = [job_id for job_id in new_ids if job_id not in self.finished]
+        if not fresh:
+            return
+        pipe = stack.redis.pipeline(transaction=False)
+        for job_id in fresh:
+            pipe.hmget(stack.keys.job(job_id), ["server_id", "outcome", "claimed_at", "finished_at"])
+        for job_id, (server_id, outcome, claimed_at, finished_at) in zip(fresh, pipe.execute(), strict=True):
+            self.finished[job_id] = {
+                "server_id": server_id or "-",
+                "outcome": outcome or "?",
+                "latency_ms": f"{(float(finished_at or 0) - float(claimed_at or 0)) * 1000:.0f}",
+            }
+            self.last_score = max(self.last_score, float(finished_at or 0))
+
+    def outcomes(self) -> Counter[str]:
+        return Counter(entry["outcome"] for entry in self.finished.values())
+
+    def per_server(self) -> Counter[str]:
+        return Counter(
+            entry["server_id"] for entry in self.finished.values() if entry["outcome"] == "answered"
+        )
+
+    def latencies_ms(self) -> list[float]:
+        return [float(entry["latency_ms"]) for entry in self.finished.values()]
+
+
+def fleet_table(fleet: list[ServerView], progress: Progress) -> Table:
+    table = Table(title="fleet", title_justify="left")
+    for column in ("", "server", "load", "loaded models", "answered"):
+        table.add_column(column)
+    answered = progress.per_server()
+    for server in fleet:
+        mark = "[green]●[/green]" if server.online and server.healthy else "[red]○[/red]"
+        table.add_row(
+            mark,
+            server.id,
+            f"{server.inflight}/{server.capacity}",
+            ", ".join(sorted(server.loaded)) or "-",
+            str(answered.get(server.id, 0)),
+        )
+    return table
+
+
+def summary_table(progress: Progress, elapsed_s: float) -> Table:
+    outcomes = progress.outcomes()
+    latencies = sorted(progress.latencies_ms()) or [0.0]
+    table = Table(title="messages", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("posted", str(len(progress.posted)))
+    for outcome in ("answered", "skipped", "rejected", "dead"):
+        table.add_row(outcome, str(outcomes.get(outcome, 0)))
+    table.add_row("in progress", str(len(progress.posted) - len(progress.finished)))
+    table.add_row("latency p50 (claim → reply)", f"{statistics.median(latencies):.0f} ms")
+    table.add_row("latency max", f"{latencies[-1]:.0f} ms")
+    table.add_row("elapsed", f"{elapsed_s:.1f} s")
+    return table
+
+
+def replies_per_message(queue: SiteQueueClient, human_ids: list[str]) -> Counter[str]:
+    wanted = set(human_ids)
+    counts: Counter[str] = Counter()
+    for comment in queue.comments_after(0):
+        reply_to = comment.get("replyTo")
+        if comment.get("message-type") == "AI" and reply_to in wanted:
+            counts[str(reply_to)] += 1
+    return counts
+
+
+def run_demo(messages: int | None, rate: float, timeout: float) -> int:
+    """Live until Ctrl-C, or with `messages` post that many, wait, and report; 0 if all answered once."""
+    interrupted = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    console.print("[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, three simulated Macs,")
+    console.print("their workers, control, beat and the bridge…")
+    rng = random.Random(7)
+    progress = Progress()
+    stack = LocalStack()
+    started = time.monotonic()
+    try:
+        with console.status("starting"):
+            stack.start()
+        console.print(f"up in {time.monotonic() - started:.1f}s; logs in {stack.work_dir / 'logs'}")
+        started = time.monotonic()
+        with stack.queue_client() as queue, Live(console=console, refresh_per_second=4) as live:
+            counter = itertools.count()
+            if messages is not None:
+                for _ in range(messages):
+                    message = sample_message(next(counter), rng)
+                    queue.post_comment(message)
+                    progress.posted.append(str(message.id))
+            next_post = time.monotonic()
+            while True:
+                stack.check_alive()
+                now = time.monotonic()
+                if messages is None and now >= next_post:
+                    message = sample_message(next(counter), rng)
+                    queue.post_comment(message)
+                    progress.posted.append(str(message.id))
+                    next_post = now + 1.0 / rate
+                progress.refresh(stack)
+                live.update(Group(summary_table(progress, now - started), fleet_table(stack.fleet(), progress)))
+                if messages is not None and len(progress.finished) >= messages:
+                    break
+                if messages is not None and now - started > timeout:
+                    console.print(f"[red]timed out after {timeout:.0f}s[/red]")
+                    break
+                time.sleep(0.1)  # the display's refresh period, not a synchronisation
+            if messages is None:
+                return 0
+            counts = replies_per_message(queue, progress.posted)
+    except KeyboardInterrupt:
+        interrupted = True
+        return 130
+    finally:
+        if interrupted:
+            console.print("stopping…")
+        stack.stop()
+        if interrupted:
+            console.print("stopped: every process ended, nothing left behind")
+    return report(progress, counts)
+
+
+def report(progress: Progress, counts: Counter[str]) -> int:
+    per_server = progress.per_server()
+    once = sum(1 for job_id in progress.posted if counts.get(job_id) == 1)
+    twice = sum(1 for job_id in progress.posted if counts.get(job_id, 0) > 1)
+    missing = len(progress.posted) - once - twice
+    console.print(
+        f"answered exactly once: {once}/{len(progress.posted)}; more than once: {twice}; "
+        f"no reply: {missing}"
+    )
+    console.print("per server: " + ", ".join(f"{name} {count}" for name, count in sorted(per_server.items())))
+    return 0 if once == len(progress.posted) else 1

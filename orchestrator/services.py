@@ -1,0 +1,67 @@
+"""The connections one orchestrator process holds, built once from its settings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from orchestrator.entities import EntityCatalog, load_entities
+from orchestrator.fleet import Fleet
+from orchestrator.ledger import Ledger
+from orchestrator.queue_client import SiteQueueClient
+from orchestrator.redis_client import connect
+from orchestrator.settings import Settings, load_settings
+from workers.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    keys: Keys
+    ledger: Ledger
+    fleet: Fleet
+    queue: SiteQueueClient
+    entities: EntityCatalog
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        client = connect(settings.redis_url)
+        keys = Keys(settings.key_prefix)
+        entities = load_entities(settings.entities_dir)
+        log.info("loaded %d entities from %s", len(entities), settings.entities_dir)
+        return cls(
+            settings=settings,
+            redis=client,
+            keys=keys,
+            ledger=Ledger(client, keys),
+            fleet=Fleet(client, keys),
+            queue=SiteQueueClient(
+                settings.queue_url,
+                settings.queue_token_value(),
+                timeout=settings.queue_timeout_s,
+            ),
+            entities=entities,
+        )
+
+    def close(self) -> None:
+        self.queue.close()
+        self.redis.close()
+
+
+_process_services: Services | None = None
+_lock = threading.Lock()
+
+
+def process_services() -> Services:
+    """This process's services, built on first use from the environment and config file."""
+    global _process_services  # noqa: PLW0603 - one set of connections per control process
+    with _lock:
+        if _process_services is None:
+            _process_services = Services.build(load_settings())
+        return _process_services

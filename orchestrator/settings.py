@@ -1,0 +1,86 @@
+"""The orchestrator's settings: OLLAMA_CLOUD_* environment variables, an optional TOML file
+(`--config` or OLLAMA_CLOUD_CONFIG), and command-line flags on top."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from workers.settings import ENV_PREFIX, CelerySettings
+
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "config_file", default=None
+)
+
+
+def _default_bridge_id() -> str:
+    return f"bridge-{socket.gethostname()}"
+
+
+class Settings(CelerySettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    queue_url: str = Field(default="http://127.0.0.1:8787", description="The site queue's base URL")
+    queue_token: SecretStr | None = Field(default=None, description="Bearer token for the queue")
+    queue_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one queue call")
+    entities_dir: Path = Field(default=Path("entities"), description="Folder of entity JSON files")
+    bridge_id: str = Field(
+        default_factory=_default_bridge_id, description="workerId the bridge claims with"
+    )
+    eq_entity: str = Field(default="eq-score", description="Entity that scores messages (EQ)")
+    eq_enabled: bool = Field(default=True, description="Score each message and PATCH eqScore")
+    max_attempts: int = Field(default=3, ge=1, description="Servers tried before giving up")
+    job_deadline_s: float = Field(default=900.0, gt=0, description="A job's whole allowance")
+    apology_text: str | None = Field(
+        default=None, description="Reply posted when every attempt failed; none when unset"
+    )
+    claim_idle_s: float = Field(
+        default=0.5, gt=0, description="Wait before asking an empty queue again"
+    )
+    sweep_interval_s: float = Field(default=1.0, gt=0, description="Beat: sweep period")
+    finished_retention_s: float = Field(
+        default=86400.0, gt=0, description="Finished jobs stay in the ledger this long"
+    )
+    beat_schedule_path: Path | None = Field(
+        default=None, description="Where beat keeps its schedule state (default: a temp file)"
+    )
+    control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    def queue_token_value(self) -> str | None:
+        return self.queue_token.get_secret_value() if self.queue_token else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (`overrides`, None meaning unset), then environment, then the file."""
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})
+    finally:
+        _config_file.reset(token)

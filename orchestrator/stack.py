@@ -1,0 +1,261 @@
+"""The whole system on one machine, as real processes: an embedded Redis, the local queue,
+simulated Ollama servers, one Celery worker per server, the control worker, beat and the bridge.
+
+The demo runs it for people; the end-to-end tests and the benches run it to count.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import redis
+
+from orchestrator.embedded_redis import EmbeddedRedis, free_port
+from orchestrator.entities import SAMPLE_ENTITIES_DIR
+from orchestrator.fleet import Fleet, ServerView
+from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
+from orchestrator.queue_client import SiteQueueClient
+from orchestrator.redis_client import connect
+from orchestrator.simulator import SimServerSpec
+from orchestrator.waiting import wait_for
+from workers.keys import Keys
+from workers.settings import ENV_PREFIX
+
+
+def demo_fleet() -> list[SimServerSpec]:
+    """Three Macs of different speeds: what the demo shows."""
+    both = ["llama3.2:3b", "qwen2.5:7b"]
+    return [
+        SimServerSpec(name="mac-studio", models=both, loaded=["llama3.2:3b"], tokens_per_second=120,
+                      load_seconds=1.5, parallel=4),
+        SimServerSpec(name="mac-mini", models=both, loaded=["qwen2.5:7b"], tokens_per_second=60,
+                      load_seconds=2.5, parallel=2),
+        SimServerSpec(name="macbook-air", models=["llama3.2:3b"], tokens_per_second=25,
+                      load_seconds=3.0, parallel=1),
+    ]  # fmt: skip
+
+
+def spec_argument(spec: SimServerSpec) -> str:
+    """A server spec as `ollama-cloud sim --server` takes it."""
+    parts = {
+        "name": spec.name,
+        "host": spec.host,
+        "port": str(spec.port),
+        "models": "+".join(spec.models),
+        "tps": str(spec.tokens_per_second),
+        "load": str(spec.load_seconds),
+        "parallel": str(spec.parallel),
+        "queue": str(spec.max_queue),
+        "max_loaded": str(spec.max_loaded_models),
+        "ctx": str(spec.context_length),
+    }
+    if spec.loaded:
+        parts["loaded"] = "+".join(spec.loaded)
+    return ",".join(f"{key}={value}" for key, value in parts.items())
+
+
+class LocalStack:
+    def __init__(
+        self,
+        servers: list[SimServerSpec] | None = None,
+        *,
+        entities_dir: Path = SAMPLE_ENTITIES_DIR,
+        queue_token: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        bridges: int = 1,
+        work_dir: Path | None = None,
+    ) -> None:
+        self.specs = [
+            spec.model_copy(update={"port": spec.port or free_port()})
+            for spec in (servers or demo_fleet())
+        ]
+        self.entities_dir = entities_dir
+        self.queue_token = queue_token
+        self.extra_env = extra_env or {}
+        self.bridge_count = bridges
+        self._own_dir = work_dir is None
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ollama-cloud-"))
+        self.redis_server = EmbeddedRedis(data_dir=self.work_dir / "redis")
+        (self.work_dir / "redis").mkdir(parents=True, exist_ok=True)
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.queue_port = free_port()
+        self.processes = ProcessGroup()
+        self.keys = Keys()
+        self._redis: redis.Redis | None = None
+
+    # Addresses -------------------------------------------------------------------------------
+
+    @property
+    def queue_url(self) -> str:
+        return f"http://127.0.0.1:{self.queue_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_server.url
+
+    def sim_url(self, server_id: str) -> str:
+        spec = next(spec for spec in self.specs if spec.name == server_id)
+        return f"http://{spec.host}:{spec.port}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = connect(self.redis_url)
+        return self._redis
+
+    def queue_client(self) -> SiteQueueClient:
+        return SiteQueueClient(self.queue_url, self.queue_token)
+
+    def env(self, **settings: str) -> dict[str, str]:
+        """The environment of a child: ours, less any OLLAMA_CLOUD_ setting, plus the stack's."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+        env.update(
+            {
+                f"{ENV_PREFIX}REDIS_URL": self.redis_url,
+                f"{ENV_PREFIX}QUEUE_URL": self.queue_url,
+                f"{ENV_PREFIX}ENTITIES_DIR": str(self.entities_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.queue_token:
+            env[f"{ENV_PREFIX}QUEUE_TOKEN"] = self.queue_token
+        env.update(self.extra_env)
+        env.update({f"{ENV_PREFIX}{name.upper()}": value for name, value in settings.items()})
+        return env
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
+        log_path = self.work_dir / "logs" / f"{name}.log"
+        return self.processes.add(ManagedProcess(name, argv, env, log_path))
+
+    # Parts -----------------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        self.redis_server.start()
+        queue_argv = python_command(
+            "-m", "orchestrator", "queue", "serve",
+            "--port", str(self.queue_port), "--db", str(self.work_dir / "queue.sqlite3"),
+        )  # fmt: skip
+        self._start("queue", queue_argv, self.env())
+        sim_argv = python_command("-m", "orchestrator", "sim")
+        for spec in self.specs:
+            sim_argv += ["--server", spec_argument(spec)]
+        self._start("sim", sim_argv, self.env())
+        self.wait_http(f"{self.queue_url}/api/admin/stats", auth=True)
+        for spec in self.specs:
+            self.wait_http(f"{self.sim_url(spec.name)}/api/version")
+        for spec in self.specs:
+            self.start_worker(spec.name, wait=False)
+        self.start_control()
+        self.start_beat()
+        for index in range(self.bridge_count):
+            self.start_bridge(index)
+        self.wait_online([spec.name for spec in self.specs])
+        return self
+
+    def start_worker(self, server_id: str, *, wait: bool = True) -> ManagedProcess:
+        spec = next(spec for spec in self.specs if spec.name == server_id)
+        argv = python_command(
+            "-m", "celery", "-A", "workers", "worker", "-Q", server_id,
+            "-n", f"{server_id}@%h", "--without-mingle", "--without-gossip", "-l", "info",
+        )  # fmt: skip
+        env = self.env(
+            OLLAMA_URL=self.sim_url(server_id),
+            CAPACITY=str(spec.parallel),
+            CONCURRENCY=str(spec.parallel),
+            LOCATION="this machine",
+        )
+        process = self._start(f"worker-{server_id}", argv, env)
+        if wait:
+            self.wait_online([server_id])
+        return process
+
+    def start_control(self, name: str = "control") -> ManagedProcess:
+        argv = python_command(
+            "-m", "celery", "-A", "orchestrator", "worker", "-Q", "control",
+            "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "info",
+        )  # fmt: skip
+        return self._start(name, argv, self.env())
+
+    def start_beat(self) -> ManagedProcess:
+        argv = python_command("-m", "celery", "-A", "orchestrator", "beat", "-l", "info")
+        return self._start("beat", argv, self.env())
+
+    def start_bridge(self, index: int = 0) -> ManagedProcess:
+        name = "bridge" if index == 0 else f"bridge-{index + 1}"
+        argv = python_command("-m", "orchestrator", "bridge")
+        return self._start(name, argv, self.env(BRIDGE_ID=name, CLAIM_IDLE_S="0.05"))
+
+    # Waiting ---------------------------------------------------------------------------------
+
+    def wait_http(self, url: str, *, auth: bool = False, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {self.queue_token}"} if auth and self.queue_token else {}
+
+        def answers() -> bool:
+            self.check_alive()
+            try:
+                return httpx.get(url, headers=headers, timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, timeout, interval=0.05, what=url)
+
+    def fleet(self) -> list[ServerView]:
+        return Fleet(self.redis, self.keys).read()
+
+    def wait_online(self, server_ids: list[str], timeout: float = 60.0) -> None:
+        def online() -> bool:
+            self.check_alive()
+            up = {server.id for server in self.fleet() if server.online and server.healthy}
+            return set(server_ids) <= up
+
+        wait_for(online, timeout, interval=0.05, what=f"servers {server_ids} online")
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if any process of the stack exited by itself."""
+        crashed = self.processes.crashed()
+        if crashed:
+            details = "\n".join(f"--- {p.name}:\n{p.log_tail()}" for p in crashed)
+            raise RuntimeError(f"stack process exited:\n{details}")
+
+    # Stopping --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.processes.stop_all()
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+        self.redis_server.stop(remove_data=False)
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
+    """Wait until `expected` jobs have finished in the ledger."""
+    started = time.monotonic()
+
+    def finished() -> bool:
+        stack.check_alive()
+        return int(stack.redis.zcard(stack.keys.finished_jobs)) >= expected  # type: ignore[arg-type]
+
+    wait_for(finished, timeout - (time.monotonic() - started), interval=0.05, what=f"{expected} jobs finished")
