@@ -53,9 +53,6 @@ class Settings(CelerySettings):
     finished_retention_s: float = Field(
         default=86400.0, gt=0, description="Finished jobs stay in the ledger this long"
     )
-    beat_schedule_path: Path | None = Field(
-        default=None, description="Where beat keeps its schedule state (default: a temp file)"
-    )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
 
     @classmethod
