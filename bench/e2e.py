@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.embedded_redis import EmbeddedRedis  # noqa: E402
-from orchestrator.ledger import Ledger  # noqa: E402
-from orchestrator.messages import BotParams, NewMessage  # noqa: E402
-from orchestrator.processes import ManagedProcess, ProcessGroup, python_command  # noqa: E402
-from orchestrator.redis_client import connect  # noqa: E402
-from orchestrator.simulator import SimServerSpec  # noqa: E402
-from orchestrator.stack import LocalStack, wait_quiet  # noqa: E402
-from orchestrator.waiting import wait_for  # noqa: E402
+from orchestrator.embedded_redis import EmbeddedRedis
+from orchestrator.ledger import Ledger
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
+from orchestrator.redis_client import connect
+from orchestrator.simulator import SimServerSpec
+from orchestrator.stack import LocalStack, wait_quiet
+from orchestrator.waiting import wait_for
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 BENCH_DIR = Path(__file__).resolve().parent
@@ -40,7 +40,9 @@ def message(index: int, prefix: str) -> NewMessage:
         username="bench",
         color="080150227",
         context=["other: hello", "bench: hi"],
-        botParams=BotParams(entity="the-eternal" if index % 2 else "the-critic", humanUsername="bench"),
+        botParams=BotParams(
+            entity="the-eternal" if index % 2 else "the-critic", humanUsername="bench"
+        ),
     )
 
 
@@ -73,7 +75,11 @@ def added_latency_ms(stack: LocalStack, count: int, already_finished: int) -> li
             wait_quiet(stack, expected=already_finished + index + 1, timeout=60)
             job = ledger.get(f"single-{index}")
             assert job is not None
-            replies = [c for c in queue.comments_after(int(job.claimed_at * 1000) - 1) if c.get("replyTo") == job.id]
+            replies = [
+                c
+                for c in queue.comments_after(int(job.claimed_at * 1000) - 1)
+                if c.get("replyTo") == job.id
+            ]
             reply_posted_s = int(replies[0]["timestamp"]) / 1000
             # Zero-latency servers: the simulated generation time is nil, nothing to subtract.
             added.append((reply_posted_s - job.claimed_at) * 1000)
@@ -83,14 +89,21 @@ def added_latency_ms(stack: LocalStack, count: int, already_finished: int) -> li
 def celery_floor(count: int) -> float:
     with EmbeddedRedis() as redis_server:
         env_base = {
-            **{k: v for k, v in __import__("os").environ.items() if not k.startswith("OLLAMA_CLOUD_")},
+            **{
+                k: v
+                for k, v in __import__("os").environ.items()
+                if not k.startswith("OLLAMA_CLOUD_")
+            },
             "OLLAMA_CLOUD_REDIS_URL": redis_server.url,
             "PYTHONPATH": str(BENCH_DIR),
         }
         group = ProcessGroup()
         logs = Path(redis_server.data_dir)
         try:
-            for name, queue, concurrency in (("floor-server", "floor-server", 4), ("floor-control", "floor-control", 8)):
+            for name, queue, concurrency in (
+                ("floor-server", "floor-server", 4),
+                ("floor-control", "floor-control", 8),
+            ):
                 argv = python_command(
                     "-m", "celery", "-A", "floor_app", "worker", "-Q", queue, "-n", f"{name}@%h",
                     "-c", str(concurrency), "--without-mingle", "--without-gossip", "-l", "warning",
@@ -109,9 +122,17 @@ def celery_floor(count: int) -> float:
             with floor_app.app.producer_or_acquire() as producer:
                 for index in range(count):
                     floor_app.app.send_task(
-                        "bench.hop_server", args=[index], queue=floor_app.SERVER_QUEUE, producer=producer
+                        "bench.hop_server",
+                        args=[index],
+                        queue=floor_app.SERVER_QUEUE,
+                        producer=producer,
                     )
-            wait_for(lambda: int(client.get(floor_app.DONE_KEY) or 0) >= count, 300, interval=0.005, what="floor done")
+            wait_for(
+                lambda: int(client.get(floor_app.DONE_KEY) or 0) >= count,
+                300,
+                interval=0.005,
+                what="floor done",
+            )
             elapsed = time.monotonic() - started
             client.close()
             return count / elapsed
@@ -120,13 +141,19 @@ def celery_floor(count: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=1000, help="messages for the sustained rate")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--messages", type=int, default=1000, help="messages for the sustained rate"
+    )
     parser.add_argument("--single", type=int, default=100, help="messages sent one at a time")
     args = parser.parse_args()
 
     servers = [
-        SimServerSpec(name=f"zero-{index}", models=MODELS, loaded=MODELS, tokens_per_second=0, parallel=4)
+        SimServerSpec(
+            name=f"zero-{index}", models=MODELS, loaded=MODELS, tokens_per_second=0, parallel=4
+        )
         for index in range(3)
     ]
     with LocalStack(servers) as stack:

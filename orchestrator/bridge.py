@@ -67,7 +67,7 @@ class Bridge:
     def run(self, stop: threading.Event) -> None:
         log.info("bridge %s starting: queue=%s", self.settings.bridge_id, self.settings.queue_url)
         self.resume_from_ledger()
-        pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.services.keys.slot_events)
         try:
             while not stop.is_set():
@@ -114,7 +114,9 @@ class Bridge:
         except QueueError as exc:
             self._queue_backoff_s = min(5.0, max(0.2, self._queue_backoff_s * 2))
             self._queue_empty_until = time.monotonic() + self._queue_backoff_s
-            log.warning("bridge: claim-next failed (%s); next try in %.1fs", exc, self._queue_backoff_s)
+            log.warning(
+                "bridge: claim-next failed (%s); next try in %.1fs", exc, self._queue_backoff_s
+            )
             return False
         self._queue_backoff_s = 0.0
         if claimed.message is None:

@@ -107,7 +107,9 @@ def sim(
     setup_logging(log_level)
     specs = [parse_server_spec(text) for text in server] if server else demo_fleet()
     for spec in specs:
-        typer.echo(f"{spec.name}: http://{spec.host}:{spec.port or 'auto'} models={','.join(spec.models)}")
+        typer.echo(
+            f"{spec.name}: http://{spec.host}:{spec.port or 'auto'} models={','.join(spec.models)}"
+        )
     asyncio.run(serve(specs))
 
 
@@ -118,7 +120,9 @@ def demo(
         typer.Option(help="Post N messages, wait for every reply, print a summary and exit"),
     ] = None,
     rate: Annotated[float, typer.Option(help="Messages per second while running live")] = 2.0,
-    timeout: Annotated[float, typer.Option(help="With --messages: give up after this many seconds")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(help="With --messages: give up after this many seconds")
+    ] = 300.0,
 ) -> None:
     """The whole system on this machine: local queue, embedded Redis, three simulated Macs."""
     from orchestrator.demo import run_demo  # noqa: PLC0415

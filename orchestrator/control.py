@@ -42,7 +42,9 @@ def sweep(services: Services) -> dict[str, int]:
             if state is None or state in FINISHED_STATES:
                 services.fleet.release(server.id, job_id)
                 released += 1
-                log.warning("job=%s server=%s slot leaked (job %s): released", job_id, server.id, state)
+                log.warning(
+                    "job=%s server=%s slot leaked (job %s): released", job_id, server.id, state
+                )
     pruned = services.ledger.prune_finished(services.settings.finished_retention_s)
     return {"released": released, "pruned": pruned}
 

@@ -27,7 +27,11 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     result = GenerateResult.model_validate(payload)
     job = services.ledger.get(result.job_id)
     if job is None:
-        log.warning("job=%s server=%s result for a job not in the ledger: dropped", result.job_id, result.server_id)
+        log.warning(
+            "job=%s server=%s result for a job not in the ledger: dropped",
+            result.job_id,
+            result.server_id,
+        )
         return "unknown"
     if result.stale or job.attempt != result.attempt or job.state is not JobState.DISPATCHED:
         log.info(
@@ -56,11 +60,14 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     if result.eq is not None and result.eq.ok:
         apply_eq_once(services, job.id, parse_eq_score(result.eq.text))
     timings = result.reply.timings
-    services.fleet.record_latency(result.server_id, entity.model, timings.wall_ms, timings.eval_count)
+    services.fleet.record_latency(
+        result.server_id, entity.model, timings.wall_ms, timings.eval_count
+    )
     services.ledger.finish(job.id, JobState.DONE, outcome=outcome)
+    elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(
         "job=%s attempt=%d server=%s %s in %.0f ms",
-        job.id, result.attempt, result.server_id, outcome, (result.finished_at - job.claimed_at) * 1000,
+        job.id, result.attempt, result.server_id, outcome, elapsed_ms,
     )  # fmt: skip
     return outcome
 
@@ -107,7 +114,13 @@ def fail(services: Services, job: Job, result: GenerateResult) -> str:
     """A generation that failed. Failover to another server builds on this (attempts history)."""
     error = result.reply
     services.ledger.record_attempt(
-        job, Attempt(attempt=result.attempt, server_id=result.server_id, error_kind=error.error_kind, error=error.error)
+        job,
+        Attempt(
+            attempt=result.attempt,
+            server_id=result.server_id,
+            error_kind=error.error_kind,
+            error=error.error,
+        ),
     )
     reason = f"generation failed on {result.server_id}: {error.error_kind}: {error.error}"
     give_up(services, job, reason)

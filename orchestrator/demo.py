@@ -73,8 +73,12 @@ class Progress:
             return
         pipe = stack.redis.pipeline(transaction=False)
         for job_id in fresh:
-            pipe.hmget(stack.keys.job(job_id), ["server_id", "outcome", "claimed_at", "finished_at"])
-        for job_id, (server_id, outcome, claimed_at, finished_at) in zip(fresh, pipe.execute(), strict=True):
+            pipe.hmget(
+                stack.keys.job(job_id), ["server_id", "outcome", "claimed_at", "finished_at"]
+            )
+        for job_id, (server_id, outcome, claimed_at, finished_at) in zip(
+            fresh, pipe.execute(), strict=True
+        ):
             self.finished[job_id] = {
                 "server_id": server_id or "-",
                 "outcome": outcome or "?",
@@ -138,14 +142,16 @@ def replies_per_message(queue: SiteQueueClient, human_ids: list[str]) -> Counter
 
 
 def run_demo(messages: int | None, rate: float, timeout: float) -> int:
-    """Live until Ctrl-C, or with `messages` post that many, wait, and report; 0 if all answered once."""
+    """Live until Ctrl-C; or post `messages`, wait, report, and return 0 if each got one reply."""
     interrupted = False
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    console.print("[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, three simulated Macs,")
+    console.print(
+        "[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, three simulated Macs,"
+    )
     console.print("their workers, control, beat and the bridge…")
     rng = random.Random(7)
     progress = Progress()
@@ -173,7 +179,11 @@ def run_demo(messages: int | None, rate: float, timeout: float) -> int:
                     progress.posted.append(str(message.id))
                     next_post = now + 1.0 / rate
                 progress.refresh(stack)
-                live.update(Group(summary_table(progress, now - started), fleet_table(stack.fleet(), progress)))
+                live.update(
+                    Group(
+                        summary_table(progress, now - started), fleet_table(stack.fleet(), progress)
+                    )
+                )
                 if messages is not None and len(progress.finished) >= messages:
                     break
                 if messages is not None and now - started > timeout:
@@ -204,5 +214,7 @@ def report(progress: Progress, counts: Counter[str]) -> int:
         f"answered exactly once: {once}/{len(progress.posted)}; more than once: {twice}; "
         f"no reply: {missing}"
     )
-    console.print("per server: " + ", ".join(f"{name} {count}" for name, count in sorted(per_server.items())))
+    console.print(
+        "per server: " + ", ".join(f"{name} {count}" for name, count in sorted(per_server.items()))
+    )
     return 0 if once == len(progress.posted) else 1

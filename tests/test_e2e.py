@@ -100,9 +100,7 @@ def test_fifty_messages_two_entities_three_servers_each_answered_once(
 
     counts = replies_to(comments)
     assert {message_id: counts[message_id] for message_id in sent} == dict.fromkeys(sent, 1)
-    replies = {
-        str(c["replyTo"]): c for c in comments.values() if c.get("message-type") == "AI"
-    }
+    replies = {str(c["replyTo"]): c for c in comments.values() if c.get("message-type") == "AI"}
     expected_eq_total = 0
     for message_id, message in sent.items():
         reply = replies[message_id]
