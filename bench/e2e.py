@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -51,17 +52,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def pipeline_rate(stack: LocalStack, count: int) -> float:
+def pipeline_rate(stack: LocalStack, count: int, already_finished: int) -> float:
     with stack.queue_client() as queue:
         for index in range(count):
             queue.post_comment(message(index, "rate"))
-    wait_quiet(stack, expected=count, timeout=600)
+    wait_quiet(stack, expected=already_finished + count, timeout=600)
     jobs = Ledger(stack.redis, stack.keys).get_many([f"rate-{index}" for index in range(count)])
     first_claim = min(job.claimed_at for job in jobs)
     last_finish = max(job.finished_at or 0.0 for job in jobs)
     answered = sum(1 for job in jobs if job.outcome == "answered")
     if answered != count:
-        raise RuntimeError(f"only {answered} of {count} answered")
+        reasons = Counter(f"{job.outcome}: {job.reason}" for job in jobs if job.outcome != "answered")
+        raise RuntimeError(f"only {answered} of {count} answered: {reasons.most_common(5)}")
     return count / (last_finish - first_claim)
 
 
@@ -158,7 +160,7 @@ def main() -> None:
     ]
     with LocalStack(servers) as stack:
         added = added_latency_ms(stack, args.single, already_finished=0)
-        rate = pipeline_rate(stack, args.messages)
+        rate = pipeline_rate(stack, args.messages, already_finished=args.single)
     floor = celery_floor(args.messages)
     print(
         json.dumps(

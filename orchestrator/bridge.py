@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -38,6 +38,7 @@ class ReadyJob:
 
     sort_key: tuple[int, float, int]
     job_id: str = field(compare=False)
+    entity: str = field(compare=False)
     model: str = field(compare=False)
     region: str = field(compare=False)
     reply: ChatRequest = field(compare=False)
@@ -99,8 +100,6 @@ class Bridge:
         """Place what waits, then claim one message if a slot is left. True if anything moved."""
         fleet = self.services.fleet.read()
         progressed = self.place_waiting(fleet)
-        if progressed:
-            fleet = self.services.fleet.read()
         free_slots = sum(server.free_slots for server in fleet)
         if free_slots <= len(self.waiting) or time.monotonic() < self._queue_empty_until:
             return progressed
@@ -173,10 +172,10 @@ class Bridge:
         if self.settings.eq_enabled and scorer is not None and scorer.enabled:
             eq = build_eq_request(scorer, message)
         priority = params.effective_priority if params else 5
-        self.services.ledger.mark_ready(job_id, entity.id, entity.model, priority)
         return ReadyJob(
             sort_key=(-priority, message.timestamp, next(self._order)),
             job_id=job_id,
+            entity=entity.id,
             model=entity.model,
             region=getattr(entity, "region", None) or "",
             reply=reply,
@@ -209,6 +208,9 @@ class Bridge:
             self.complete_quietly(ready.job_id)
             return
         if not self.place(ready, fleet):
+            self.services.ledger.mark_ready(
+                ready.job_id, ready.entity, ready.model, -ready.sort_key[0]
+            )
             heapq.heappush(self.waiting, ready)
             log.debug("job=%s waits for a slot for %s", ready.job_id, ready.model)
 
@@ -221,7 +223,6 @@ class Bridge:
             ready = heapq.heappop(self.waiting)
             if self.place(ready, fleet):
                 placed_any = True
-                fleet = self.services.fleet.read()
             else:
                 still_waiting.append(ready)
         for ready in still_waiting:
@@ -235,18 +236,26 @@ class Bridge:
             server = decision.server
             if server is None:
                 return False
-            if self.services.fleet.reserve(server.id, server.capacity, ready.job_id):
+            attempt = ready.attempt + 1
+            dispatched = {
+                "state": JobState.DISPATCHED.value,
+                "attempt": str(attempt),
+                "server_id": server.id,
+                "dispatched_at": str(time.time()),
+                "entity": ready.entity,
+                "model": ready.model,
+                "priority": str(-ready.sort_key[0]),
+            }
+            if self.services.fleet.reserve(server.id, server.capacity, ready.job_id, dispatched):
                 log.debug("job=%s route %s", ready.job_id, decision.reason)
-                self.dispatch(ready, server.id)
-                return True
+                fleet[fleet.index(server)] = replace(server, inflight=server.inflight + 1)
+                return self.dispatch(ready, server.id, attempt)
             # Another bridge took that slot between our read and our reserve: look again.
-            fleet = self.services.fleet.read()
+            fleet[:] = self.services.fleet.read()
         return False
 
-    def dispatch(self, ready: ReadyJob, server_id: str) -> None:
-        attempt = ready.attempt + 1
-        ledger = self.services.ledger
-        ledger.mark_dispatched(ready.job_id, attempt, server_id)
+    def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
+        """Send the generate task; the ledger already says where it went."""
         job = GenerateJob(
             job_id=ready.job_id,
             attempt=attempt,
@@ -255,14 +264,22 @@ class Bridge:
             eq=ready.eq,
             dispatched_at=time.time(),
         )
-        self.celery.send_task(
-            GENERATE_TASK,
-            args=[job.model_dump(mode="json")],
-            queue=server_id,
-            link=self.celery.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
-        )
+        try:
+            self.celery.send_task(
+                GENERATE_TASK,
+                args=[job.model_dump(mode="json")],
+                queue=server_id,
+                link=self.celery.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
+            )
+        except Exception as exc:  # the broker is Redis: when it is away, keep the job here
+            log.warning(
+                "job=%s server=%s dispatch failed (%s): waits", ready.job_id, server_id, exc
+            )
+            self.services.fleet.release(server_id, ready.job_id)
+            return False
         self.stats["dispatched"] += 1
         log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
+        return True
 
     # Restart ---------------------------------------------------------------------------------
 

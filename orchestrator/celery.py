@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from orchestrator.control import SWEEP_TASK, register
 from orchestrator.settings import Settings, load_settings
-from workers.celery_config import celery_config
+from workers.celery_config import celery_config, quiet_task_trace
 from workers.protocol import CONTROL_QUEUE
 
 
@@ -40,3 +40,4 @@ def make_app(settings: Settings) -> Celery:
 app = Celery("orchestrator", set_as_current=False)
 app.add_defaults(lambda: control_config(load_settings()))
 register(app)
+signals.after_setup_logger.connect(quiet_task_trace, weak=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import threading
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvloop
 
 from orchestrator.settings import load_settings
 
@@ -110,7 +110,7 @@ def sim(
         typer.echo(
             f"{spec.name}: http://{spec.host}:{spec.port or 'auto'} models={','.join(spec.models)}"
         )
-    asyncio.run(serve(specs))
+    uvloop.run(serve(specs))
 
 
 @app.command()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
+
 from orchestrator.errors import MessageGone, QueueUnreachable
 from orchestrator.ledger import Attempt, Job, JobState
 from orchestrator.messages import Message
@@ -25,21 +27,20 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     """Returns what happened, for logs and tests. Queue errors other than a vanished message
     propagate, so the task retries; every step before them is idempotent."""
     result = GenerateResult.model_validate(payload)
-    job = services.ledger.get(result.job_id)
+    start = services.ledger.begin_delivery(result.job_id, result.attempt, result.server_id)
+    job = start.job
     if job is None:
         log.warning(
             "job=%s server=%s result for a job not in the ledger: dropped",
-            result.job_id,
-            result.server_id,
-        )
+            result.job_id, result.server_id,
+        )  # fmt: skip
         return "unknown"
-    if result.stale or job.attempt != result.attempt or job.state is not JobState.DISPATCHED:
+    if result.stale or not start.current:
         log.info(
             "job=%s attempt=%d server=%s stale result dropped (ledger: attempt %d, %s)",
             job.id, result.attempt, result.server_id, job.attempt, job.state.value,
         )  # fmt: skip
         return "stale"
-    services.fleet.release(result.server_id, job.id)
     if not result.reply.ok:
         return fail(services, job, result)
     message = Message.model_validate(job.message)
@@ -55,15 +56,22 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         log.info("job=%s server=%s reply skipped by the entity's rules", job.id, result.server_id)
     else:
         outcome = "answered"
-        post_once(services, job, build_reply(entity, message, text).wire())
+        if start.reply_posted:
+            log.info("job=%s reply already posted", job.id)
+        else:
+            post_reply(services, job, build_reply(entity, message, text).wire())
     complete(services, job.id)
-    if result.eq is not None and result.eq.ok:
+    if result.eq is not None and result.eq.ok and not start.eq_applied:
         apply_eq_once(services, job.id, parse_eq_score(result.eq.text))
     timings = result.reply.timings
-    services.fleet.record_latency(
-        result.server_id, entity.model, timings.wall_ms, timings.eval_count
+    pipe = services.redis.pipeline(transaction=True)
+    if outcome == "answered":
+        pipe.set(services.keys.once_reply(job.id), 1, ex=ONCE_GUARD_TTL_S)
+    services.fleet.queue_latency(
+        pipe, result.server_id, entity.model, timings.wall_ms, timings.eval_count
     )
-    services.ledger.finish(job.id, JobState.DONE, outcome=outcome)
+    services.ledger.queue_finish(pipe, job.id, JobState.DONE, outcome=outcome)
+    pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(
         "job=%s attempt=%d server=%s %s in %.0f ms",
@@ -72,14 +80,9 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     return outcome
 
 
-def post_once(services: Services, job: Job, reply: dict[str, Any]) -> None:
-    """Post the reply unless it was posted; the derived reply id makes a repeat a `duplicate`."""
-    guard = services.keys.once_reply(job.id)
-    if services.redis.exists(guard):
-        log.info("job=%s reply already posted", job.id)
-        return
+def post_reply(services: Services, job: Job, reply: dict[str, Any]) -> None:
+    """Post the reply; its id is derived from the human message's, so a repeat is a duplicate."""
     answer = services.queue.post_comment(reply)
-    services.redis.set(guard, answer.id, ex=ONCE_GUARD_TTL_S)
     if answer.status == "duplicate":
         log.warning("job=%s reply %s was already on the site (duplicate)", job.id, answer.id)
 
@@ -103,10 +106,14 @@ def apply_eq_once(services: Services, job_id: str, score: int) -> None:
         services.queue.patch_eq(job_id, score)
     except MessageGone:
         log.warning("job=%s gone from the site queue before EQ", job_id)
-    except QueueUnreachable:
-        # Nothing reached the queue (refused or timed out): lift the guard so a retry may apply it.
-        services.redis.delete(guard)
-        raise
+    except QueueUnreachable as exc:
+        if isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
+            # Nothing reached the queue: lift the guard so the task's retry may apply it.
+            services.redis.delete(guard)
+            raise
+        # It may have been applied: at most once means not trying again.
+        log.error("job=%s EQ %d may not have been applied: %s", job_id, score, exc)
+        return
     log.info("job=%s EQ %d applied", job_id, score)
 
 
@@ -136,7 +143,7 @@ def give_up(services: Services, job: Job, reason: str) -> None:
             message = Message.model_validate(job.message)
             entity = services.entities.get(job.entity or "")
             if entity is not None:
-                post_once(services, job, build_reply(entity, message, apology).wire())
+                post_reply(services, job, build_reply(entity, message, apology).wire())
         except Exception:
             log.exception("job=%s apology could not be posted", job.id)
     complete(services, job.id)

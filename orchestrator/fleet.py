@@ -4,25 +4,50 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 
 import redis
 
-from orchestrator.redis_client import texts
+from orchestrator.redis_client import text, texts
 from workers.keys import Keys
 
 log = logging.getLogger(__name__)
 
-# Take a slot only while the server has one free; a job already holding it keeps it.
+# Take a slot only while the server has one free (a job already holding it keeps it), and in
+# the same step record the job as dispatched there: a slot is never taken for a job the ledger
+# does not place on that server.
 RESERVE_SLOT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then return 1 end
-if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('SADD', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
+local held = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
+if not held and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+if not held then redis.call('SADD', KEYS[1], ARGV[2]) end
+if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+return 1
 """
+
+# Every server record with its in-flight count, in one round trip.
+READ_FLEET = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. id)
+  out[#out + 1] = redis.call('SCARD', ARGV[2] .. id)
+end
+return out
+"""
+
+# Moving averages of a server's generation time and speed for one model.
+RECORD_LATENCY = """
+local alpha = tonumber(ARGV[5])
+local function blend(field, value)
+  local previous = redis.call('HGET', KEYS[1], field)
+  if previous then value = (1 - alpha) * tonumber(previous) + alpha * value end
+  redis.call('HSET', KEYS[1], field, tostring(value))
+end
+blend(ARGV[1], tonumber(ARGV[3]))
+if tonumber(ARGV[4]) > 0 then blend(ARGV[2], tonumber(ARGV[4])) end
+return 1
+"""
+LATENCY_ALPHA = 0.2
 
 
 @dataclass(frozen=True)
@@ -87,25 +112,33 @@ class Fleet:
         self.redis = client
         self.keys = keys
         self._reserve = client.register_script(RESERVE_SLOT)
+        self._read = client.register_script(READ_FLEET)
+        self._latency = client.register_script(RECORD_LATENCY)
 
     def read(self) -> list[ServerView]:
-        """Every known server, online or not, in two round trips whatever the fleet's size."""
-        server_ids = sorted(texts(self.redis.smembers(self.keys.servers)))
-        if not server_ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for server_id in server_ids:
-            pipe.hgetall(self.keys.server(server_id))
-            pipe.scard(self.keys.inflight(server_id))
-        replies = pipe.execute()
-        return [
-            server_from_record(server_id, replies[2 * index], int(replies[2 * index + 1]))
-            for index, server_id in enumerate(server_ids)
-        ]
+        """Every known server, online or not, in one round trip whatever the fleet's size."""
+        flat = self._read(
+            keys=[self.keys.servers], args=[self.keys.server(""), self.keys.inflight("")]
+        )
+        servers = []
+        for index in range(0, len(flat), 3):
+            pairs = texts(flat[index + 1])
+            record = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            servers.append(server_from_record(text(flat[index]), record, int(flat[index + 2])))
+        return sorted(servers, key=lambda server: server.id)
 
-    def reserve(self, server_id: str, capacity: int, job_id: str) -> bool:
-        """Atomically take one of the server's slots for a job: never more than `capacity`."""
-        return bool(self._reserve(keys=[self.keys.inflight(server_id)], args=[capacity, job_id]))
+    def reserve(
+        self, server_id: str, capacity: int, job_id: str, job_fields: dict[str, str] | None = None
+    ) -> bool:
+        """Atomically take one of the server's slots for a job: never more than `capacity`.
+        `job_fields` are written to the job's ledger entry in the same step."""
+        flat = [item for pair in (job_fields or {}).items() for item in pair]
+        return bool(
+            self._reserve(
+                keys=[self.keys.inflight(server_id), self.keys.job(job_id)],
+                args=[capacity, job_id, *flat],
+            )
+        )
 
     def release(self, server_id: str, job_id: str) -> bool:
         """Give the slot back and wake whoever waits for one."""
@@ -118,19 +151,19 @@ class Fleet:
     def inflight_jobs(self, server_id: str) -> set[str]:
         return set(texts(self.redis.smembers(self.keys.inflight(server_id))))
 
-    def record_latency(self, server_id: str, model: str, wall_ms: float, tokens: int) -> None:
-        """Moving averages per server and model: generation time, and tokens per second."""
-        alpha = 0.2
-        key = self.keys.latency(server_id)
-        ms_field, tps_field = f"{model}:ms", f"{model}:tps"
-        previous_ms, previous_tps = self.redis.hmget(key, [ms_field, tps_field])
+    def queue_latency(
+        self,
+        pipe: redis.client.Pipeline,
+        server_id: str,
+        model: str,
+        wall_ms: float,
+        tokens: int,
+    ) -> None:
+        """Moving averages per server and model (generation ms, tokens per second), added to a
+        caller's pipeline."""
         tps = tokens / (wall_ms / 1000) if wall_ms > 0 and tokens > 0 else 0.0
-        new_ms = (
-            wall_ms if previous_ms is None else (1 - alpha) * float(previous_ms) + alpha * wall_ms
+        self._latency(
+            keys=[self.keys.latency(server_id)],
+            args=[f"{model}:ms", f"{model}:tps", wall_ms, tps, LATENCY_ALPHA],
+            client=pipe,
         )
-        mapping: dict[str, float] = {ms_field: new_ms, "updated": time.time()}
-        if tps > 0:
-            mapping[tps_field] = (
-                tps if previous_tps is None else (1 - alpha) * float(previous_tps) + alpha * tps
-            )
-        self.redis.hset(key, mapping=mapping)  # type: ignore[arg-type]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
+from orchestrator.redis_client import texts
 from workers.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,37 @@ class Job(BaseModel):
         return [entry.server_id for entry in self.attempts]
 
 
-def _job_from_hash(fields: dict[str, str]) -> Job:
+def job_from_hash(fields: dict[str, str]) -> Job:
     raw: dict[str, Any] = dict(fields)
     raw["message"] = json.loads(fields.get("message") or "{}")
     raw["attempts"] = json.loads(fields.get("attempts") or "[]")
     return Job.model_validate(raw)
+
+
+# Check the result is for the ledger's current attempt and free its slot, in one step.
+# Returns {verdict, job fields, reply posted?, EQ applied?}; verdict 0 unknown, 1 stale, 2 current.
+BEGIN_DELIVERY = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {0} end
+local attempt, state, server = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state', 'server_id'))
+local current = attempt == ARGV[2] and state == 'dispatched'
+-- A stale result frees its slot only when the job holds none there any more.
+if current or server ~= ARGV[3] or state ~= 'dispatched' then
+  if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+    redis.call('PUBLISH', ARGV[4], 'free:' .. ARGV[3])
+  end
+end
+if not current then return {1, fields} end
+return {2, fields, redis.call('EXISTS', KEYS[3]), redis.call('EXISTS', KEYS[4])}
+"""
+
+
+@dataclass(frozen=True)
+class DeliveryStart:
+    job: Job | None
+    current: bool
+    reply_posted: bool = False
+    eq_applied: bool = False
 
 
 # Create the job and index it in one step, or not at all if it exists.
@@ -86,6 +114,7 @@ class Ledger:
         self.redis = client
         self.keys = keys
         self._record_claim = client.register_script(RECORD_CLAIM)
+        self._begin_delivery = client.register_script(BEGIN_DELIVERY)
 
     def record_claim(
         self, job_id: str, message: dict[str, Any], bridge_id: str, deadline_s: float
@@ -108,17 +137,37 @@ class Ledger:
         )
         return bool(created)
 
+    def begin_delivery(self, job_id: str, attempt: int, server_id: str) -> DeliveryStart:
+        """Is this result the job's current attempt? Its slot is freed either way, unless the
+        job was sent to that same server again."""
+        answer = self._begin_delivery(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.inflight(server_id),
+                self.keys.once_reply(job_id),
+                self.keys.once_eq(job_id),
+            ],
+            args=[job_id, attempt, server_id, self.keys.slot_events],
+        )
+        if answer[0] == 0:
+            return DeliveryStart(job=None, current=False)
+        pairs = texts(answer[1])
+        job = job_from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        if answer[0] == 1:
+            return DeliveryStart(job=job, current=False)
+        return DeliveryStart(job, True, reply_posted=bool(answer[2]), eq_applied=bool(answer[3]))
+
     def get(self, job_id: str) -> Job | None:
         fields: dict[str, str] = self.redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
         if not fields or "state" not in fields:
             return None
-        return _job_from_hash(fields)
+        return job_from_hash(fields)
 
     def get_many(self, job_ids: list[str]) -> list[Job]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(self.keys.job(job_id))
-        return [_job_from_hash(fields) for fields in pipe.execute() if fields and "state" in fields]
+        return [job_from_hash(fields) for fields in pipe.execute() if fields and "state" in fields]
 
     def mark_ready(self, job_id: str, entity: str, model: str, priority: int) -> None:
         self.redis.hset(
@@ -128,17 +177,6 @@ class Ledger:
                 "entity": entity,
                 "model": model,
                 "priority": priority,
-            },
-        )
-
-    def mark_dispatched(self, job_id: str, attempt: int, server_id: str) -> None:
-        self.redis.hset(
-            self.keys.job(job_id),
-            mapping={
-                "state": JobState.DISPATCHED.value,
-                "attempt": attempt,
-                "server_id": server_id,
-                "dispatched_at": time.time(),
             },
         )
 
@@ -154,20 +192,32 @@ class Ledger:
         self, job_id: str, state: JobState, *, reason: str | None = None, outcome: str | None = None
     ) -> None:
         """End a job: it leaves the active set; dead ones go to the dead letters too."""
+        pipe = self.redis.pipeline(transaction=True)
+        self.queue_finish(pipe, job_id, state, reason=reason, outcome=outcome)
+        pipe.execute()
+
+    def queue_finish(
+        self,
+        pipe: redis.client.Pipeline,
+        job_id: str,
+        state: JobState,
+        *,
+        reason: str | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """The commands of `finish`, added to a caller's pipeline to save round trips."""
         now = time.time()
         fields: dict[Any, Any] = {"state": state.value, "finished_at": now}
         if reason is not None:
             fields["reason"] = reason[:2000]
         if outcome is not None:
             fields["outcome"] = outcome
-        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.job(job_id), mapping=fields)
         pipe.zrem(self.keys.active_jobs, job_id)
         pipe.zadd(self.keys.finished_jobs, {job_id: now})
         pipe.hincrby(self.keys.counters, outcome or state.value, 1)
         if state is JobState.DEAD:
             pipe.lpush(self.keys.dead_letters, job_id)
-        pipe.execute()
 
     def active_job_ids(self) -> list[str]:
         return list(self.redis.zrange(self.keys.active_jobs, 0, -1))  # type: ignore[arg-type]

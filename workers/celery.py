@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
-from workers.celery_config import celery_config
+from workers.celery_config import celery_config, quiet_task_trace
 from workers.heartbeat import Heartbeat
 from workers.settings import WorkerSettings
 from workers.tasks import register
@@ -24,3 +24,4 @@ app = Celery("workers", set_as_current=False)
 app.add_defaults(worker_defaults)
 app.steps["worker"].add(Heartbeat)
 register(app)
+signals.after_setup_logger.connect(quiet_task_trace, weak=False)

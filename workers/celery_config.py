@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
@@ -35,3 +36,10 @@ def celery_config(settings: CelerySettings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
     }
+
+
+def quiet_task_trace(**_: Any) -> None:
+    """Celery logs each task's arrival and whole return value, and httpx each request, at INFO;
+    ours log one line per event instead, with the job and server ids."""
+    for name in ("celery.app.trace", "celery.worker.strategy", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
