@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import Counter
-import sys
 import time
+from collections import Counter
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.ledger import Ledger
@@ -62,7 +59,7 @@ def pipeline_rate(stack: LocalStack, count: int, already_finished: int) -> float
     last_finish = max(job.finished_at or 0.0 for job in jobs)
     answered = sum(1 for job in jobs if job.outcome == "answered")
     if answered != count:
-        reasons = Counter(f"{job.outcome}: {job.reason}" for job in jobs if job.outcome != "answered")
+        reasons = Counter(f"{j.outcome}: {j.reason}" for j in jobs if j.outcome != "answered")
         raise RuntimeError(f"only {answered} of {count} answered: {reasons.most_common(5)}")
     return count / (last_finish - first_claim)
 
@@ -111,8 +108,7 @@ def celery_floor(count: int) -> float:
                     "-c", str(concurrency), "--without-mingle", "--without-gossip", "-l", "warning",
                 )  # fmt: skip
                 group.add(ManagedProcess(name, argv, env_base, logs / f"{name}.log"))
-            sys.path.insert(0, str(BENCH_DIR))
-            import floor_app  # noqa: PLC0415
+            import floor_app  # noqa: PLC0415 - beside this script, on sys.path when it runs
 
             floor_app.app.conf.broker_url = redis_server.url
             client = connect(redis_server.url)

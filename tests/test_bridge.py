@@ -1,0 +1,164 @@
+"""The bridge against a real local queue and a real Redis: what it does with each claimed message."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.bridge import Bridge
+from orchestrator.celery import make_app
+from orchestrator.entities import SAMPLE_ENTITIES_DIR
+from orchestrator.http_server import ThreadedServer
+from orchestrator.ledger import JobState
+from orchestrator.local_queue import QueueStore, build_app
+from orchestrator.services import Services
+from orchestrator.settings import Settings
+from workers.protocol import CONTROL_QUEUE
+
+HOSTILE: dict[str, dict[str, Any]] = {
+    "no-text": {"username": "ada", "timestamp": 1},
+    "text-not-string": {"text": 42, "username": "ada", "timestamp": 2},
+    "context-not-list": {"text": "hi", "username": "ada", "timestamp": 3, "context": "ada: hi"},
+    "priority-as-word": {"text": "hi", "username": "ada", "timestamp": 4, "priority": "high"},
+    "timestamp-string": {"text": "hi", "username": "ada", "timestamp": "yesterday"},
+    "no-username": {"text": "hi", "timestamp": 5},
+    "huge-text": {"text": "\U0001f600\u202e" * 50_000, "username": "ada", "timestamp": 6},
+    "unknown-entity": {"text": "hi", "username": "ada", "timestamp": 7, "entity": "nobody"},
+    "no-server-has-model": {
+        "text": "hi",
+        "username": "ada",
+        "timestamp": 8,
+        "entity": "the-critic",
+    },
+}
+
+
+def hostile_row(message_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(fields)
+    entity = fields.pop("entity", "the-eternal")
+    priority = fields.pop("priority", 5)
+    return {
+        "id": message_id,
+        "message-type": "human",
+        **fields,
+        "botParams": {"entity": entity, "priority": priority, "status": "pending"},
+    }
+
+
+@pytest.fixture
+def queue_db(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    db_path = tmp_path / "queue.sqlite3"
+    store = QueueStore(db_path)
+    with ThreadedServer(build_app(store)) as server:
+        yield server.url, db_path
+    store.close()
+
+
+@pytest.fixture
+def bridge(redis_url: str, queue_db: tuple[str, Path]) -> Iterator[Bridge]:
+    settings = Settings(
+        redis_url=redis_url,
+        queue_url=queue_db[0],
+        entities_dir=SAMPLE_ENTITIES_DIR,
+        bridge_id="bridge-test",
+    )
+    services = Services.build(settings)
+    yield Bridge(services, make_app(settings))
+    services.close()
+
+
+def insert_rows(db_path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows the queue's API would refuse: the deployed queue is not so careful."""
+    with sqlite3.connect(db_path) as db:
+        for order, row in enumerate(rows):
+            db.execute(
+                "INSERT INTO messages (id, timestamp, status, priority, body) VALUES (?, ?, ?, ?, ?)",
+                (row["id"], order, "pending", 5, json.dumps(row)),
+            )
+
+
+def statuses(db_path: Path) -> dict[str, str | None]:
+    with sqlite3.connect(db_path) as db:
+        return {
+            message_id: json.loads(body).get("botParams", {}).get("status")
+            for message_id, body in db.execute("SELECT id, body FROM messages")
+        }
+
+
+def test_hostile_messages_are_completed_with_a_recorded_reason(
+    bridge: Bridge, queue_db: tuple[str, Path]
+) -> None:
+    _, db_path = queue_db
+    insert_rows(
+        db_path, [hostile_row(message_id, fields) for message_id, fields in HOSTILE.items()]
+    )
+    fleet = bridge.services.fleet.read()
+    claimed = 0
+    while bridge.claim_one(fleet):
+        claimed += 1
+    assert claimed == len(HOSTILE)
+    assert set(statuses(db_path).values()) == {"complete"}
+    jobs = {job.id: job for job in bridge.services.ledger.get_many(list(HOSTILE))}
+    assert set(jobs) == set(HOSTILE)
+    for message_id, job in jobs.items():
+        assert job.state.finished, message_id
+        assert job.reason, message_id
+    assert "text" in (jobs["no-text"].reason or "")
+    assert "context" in (jobs["context-not-list"].reason or "")
+    assert "priority" in (jobs["priority-as-word"].reason or "")
+    assert "unknown entity 'nobody'" in (jobs["unknown-entity"].reason or "")
+    assert jobs["no-server-has-model"].state is JobState.DEAD
+    assert "qwen2.5:7b" in (jobs["no-server-has-model"].reason or "")
+    assert jobs["huge-text"].state is JobState.DEAD
+    assert bridge.services.redis.llen(bridge.services.keys.dead_letters) == 2
+
+
+def test_a_message_without_an_id_is_counted_and_skipped(bridge: Bridge) -> None:
+    bridge.take({"text": "hi", "username": "ada"}, [])
+    bridge.take({"id": 12, "text": "hi"}, [])
+    assert bridge.services.ledger.counters().get("no_id") == 2
+
+
+def test_a_message_claimed_twice_is_left_to_its_first_job(bridge: Bridge) -> None:
+    raw = hostile_row("twice", {"text": "hi", "username": "ada", "timestamp": 1})
+    assert bridge.services.ledger.record_claim("twice", raw, "bridge-test", 60)
+    bridge.take(raw, [])
+    job = bridge.services.ledger.get("twice")
+    assert job is not None
+    assert job.state is JobState.CLAIMED
+
+
+def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None:
+    """A server record as a heartbeat writes it; the generate task lands on that server's queue."""
+    services = bridge.services
+    services.redis.hset(
+        services.keys.server("mac-1"),
+        mapping={
+            "id": "mac-1",
+            "capacity": "1",
+            "models": json.dumps(["llama3.2:3b"]),
+            "loaded": "[]",
+            "ollama_healthy": "1",
+        },
+    )
+    services.redis.sadd(services.keys.servers, "mac-1")
+    first = hostile_row("first", {"text": "hi", "username": "ada", "timestamp": 1})
+    second = hostile_row("second", {"text": "again", "username": "ada", "timestamp": 2})
+    bridge.take(first, services.fleet.read())
+    bridge.take(second, services.fleet.read())
+    assert services.fleet.inflight_jobs("mac-1") == {"first"}
+    job = services.ledger.get("first")
+    assert job is not None
+    assert (job.state, job.server_id, job.attempt) == (JobState.DISPATCHED, "mac-1", 1)
+    waiting = services.ledger.get("second")
+    assert waiting is not None
+    assert waiting.state is JobState.WAITING
+    assert [ready.job_id for ready in bridge.waiting] == ["second"]
+    # One generate task on the server's queue, nothing for control yet.
+    assert services.redis.llen("mac-1") == 1
+    assert services.redis.llen(CONTROL_QUEUE) == 0

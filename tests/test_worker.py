@@ -1,0 +1,160 @@
+"""The Mac's side: the Ollama client's error mapping, and a real worker's heartbeat record."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from orchestrator.embedded_redis import free_port
+from orchestrator.processes import ManagedProcess, python_command
+from orchestrator.simulator import SimServerSpec, SimulatorFleet
+from orchestrator.waiting import wait_for
+from workers.errors import (
+    ContextOverflow,
+    GenerationTimeout,
+    ModelMissing,
+    OllamaError,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+)
+from workers.keys import Keys
+from workers.ollama_client import OllamaClient
+from workers.protocol import ChatRequest, ChatTurn
+
+MODEL = "llama3.2:3b"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorFleet]:
+    spec = SimServerSpec(name="mac-1", models=[MODEL, "qwen2.5:7b"], loaded=[MODEL], parallel=1)
+    with SimulatorFleet([spec]) as fleet:
+        yield fleet
+
+
+def chat(text: str, model: str = MODEL, num_predict: int = 8) -> ChatRequest:
+    return ChatRequest(
+        model=model,
+        messages=[
+            ChatTurn(role="system", content="Be brief."),
+            ChatTurn(role="user", content=text),
+        ],
+        options={"num_predict": num_predict},
+    )
+
+
+def faults(fleet: SimulatorFleet, **body: object) -> None:
+    httpx.post(f"{fleet.urls['mac-1']}/sim/faults", json=body).raise_for_status()
+
+
+def test_chat_returns_text_and_timings(sim: SimulatorFleet) -> None:
+    with OllamaClient(sim.urls["mac-1"]) as client:
+        outcome = client.chat(chat("hello", num_predict=12))
+        assert outcome.ok
+        assert len(outcome.text.split()) == 12
+        assert outcome.timings.eval_count == 12
+        assert outcome.timings.wall_ms > 0
+        assert client.installed_models() == [MODEL, "qwen2.5:7b"]
+        assert MODEL in client.loaded_models()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ({"fail_next": 1, "status": 500}, ServerError),
+        ({"fail_next": 1, "status": 503}, ServerBusy),
+        ({"fail_next": 1, "status": 400}, ContextOverflow),
+    ],
+)
+def test_http_errors_map_to_our_types(
+    sim: SimulatorFleet, fault: dict[str, object], error: type[OllamaError]
+) -> None:
+    faults(sim, **fault)
+    with OllamaClient(sim.urls["mac-1"]) as client, pytest.raises(error):
+        client.chat(chat("hello"))
+
+
+def test_unknown_model_is_model_missing(sim: SimulatorFleet) -> None:
+    with OllamaClient(sim.urls["mac-1"]) as client, pytest.raises(ModelMissing):
+        client.chat(chat("hello", model="nope:1b"))
+
+
+def test_refused_connection_fails_fast() -> None:
+    with OllamaClient(f"http://127.0.0.1:{free_port()}", connect_timeout=1) as client:
+        with pytest.raises(ServerUnavailable):
+            client.chat(chat("hello"))
+
+
+def test_no_answer_within_read_timeout(sim: SimulatorFleet) -> None:
+    faults(sim, hang_next=1)
+    with OllamaClient(sim.urls["mac-1"], read_timeout=0.3) as client:
+        with pytest.raises(GenerationTimeout):
+            client.chat(chat("hello"))
+
+
+def start_worker(redis_url: str, ollama_url: str, queue: str, tmp_path: Path) -> ManagedProcess:
+    env = {
+        name: value for name, value in os.environ.items() if not name.startswith("OLLAMA_CLOUD_")
+    }
+    env.update(
+        OLLAMA_CLOUD_REDIS_URL=redis_url,
+        OLLAMA_CLOUD_OLLAMA_URL=ollama_url,
+        OLLAMA_CLOUD_LOCATION="desk",
+        OLLAMA_CLOUD_HEARTBEAT_TTL_S="3",
+    )
+    argv = python_command(
+        "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-c", "2",
+        "-n", f"{queue}@%h", "--without-mingle", "--without-gossip",
+    )  # fmt: skip
+    worker = ManagedProcess(queue, argv, env, tmp_path / f"{queue}.log")
+    worker.start()
+    return worker
+
+
+def test_heartbeat_record_and_clean_removal(
+    sim: SimulatorFleet, redis_url: str, tmp_path: Path
+) -> None:
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    worker = start_worker(redis_url, sim.urls["mac-1"], "mac-1", tmp_path)
+    try:
+        record = wait_for(
+            lambda: client.hgetall(keys.server("mac-1")), timeout=30, what="the server record"
+        )
+        assert record["id"] == "mac-1"
+        assert record["ollama_url"] == sim.urls["mac-1"]
+        assert record["capacity"] == "2"  # the worker's concurrency
+        assert record["location"] == "desk"
+        assert json.loads(record["models"]) == [MODEL, "qwen2.5:7b"]
+        assert MODEL in json.loads(record["loaded"])
+        assert record["ollama_healthy"] == "1"
+        assert 0 < client.pttl(keys.server("mac-1")) <= 3000
+        assert client.smembers(keys.servers) == {"mac-1"}
+    finally:
+        returncode = worker.stop()
+    assert returncode == 0, worker.log_tail()
+    # A clean stop removes the record at once, not at the end of its TTL.
+    assert client.exists(keys.server("mac-1")) == 0
+    assert client.smembers(keys.servers) == set()
+    client.close()
+
+
+def test_worker_without_ollama_is_recorded_unhealthy(redis_url: str, tmp_path: Path) -> None:
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    worker = start_worker(redis_url, f"http://127.0.0.1:{free_port()}", "mac-2", tmp_path)
+    try:
+        record = wait_for(
+            lambda: client.hgetall(keys.server("mac-2")), timeout=30, what="the server record"
+        )
+        assert record["ollama_healthy"] == "0"
+        assert json.loads(record["models"]) == []
+    finally:
+        worker.stop()
+        client.close()
