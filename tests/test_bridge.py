@@ -1,4 +1,4 @@
-"""The bridge against a real local queue and a real Redis: what it does with each claimed message."""
+"""The bridge against a real local queue and a real Redis: what it does with each message."""
 
 from __future__ import annotations
 
