@@ -77,7 +77,8 @@ def insert_rows(db_path: Path, rows: list[dict[str, Any]]) -> None:
     with sqlite3.connect(db_path) as db:
         for order, row in enumerate(rows):
             db.execute(
-                "INSERT INTO messages (id, timestamp, status, priority, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO messages (id, timestamp, status, priority, body)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (row["id"], order, "pending", 5, json.dumps(row)),
             )
 

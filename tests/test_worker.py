@@ -86,16 +86,16 @@ def test_unknown_model_is_model_missing(sim: SimulatorFleet) -> None:
 
 
 def test_refused_connection_fails_fast() -> None:
-    with OllamaClient(f"http://127.0.0.1:{free_port()}", connect_timeout=1) as client:
-        with pytest.raises(ServerUnavailable):
-            client.chat(chat("hello"))
+    unused = f"http://127.0.0.1:{free_port()}"
+    with OllamaClient(unused, connect_timeout=1) as client, pytest.raises(ServerUnavailable):
+        client.chat(chat("hello"))
 
 
 def test_no_answer_within_read_timeout(sim: SimulatorFleet) -> None:
     faults(sim, hang_next=1)
-    with OllamaClient(sim.urls["mac-1"], read_timeout=0.3) as client:
-        with pytest.raises(GenerationTimeout):
-            client.chat(chat("hello"))
+    client = OllamaClient(sim.urls["mac-1"], read_timeout=0.3)
+    with client, pytest.raises(GenerationTimeout):
+        client.chat(chat("hello"))
 
 
 def start_worker(redis_url: str, ollama_url: str, queue: str, tmp_path: Path) -> ManagedProcess:
