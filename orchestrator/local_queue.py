@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from orchestrator.http_server import uvicorn_server
-from orchestrator.messages import DEFAULT_PRIORITY, NewMessage
+from orchestrator.messages import DEFAULT_DOMAIN, DEFAULT_PRIORITY, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,17 @@ class QueueStore:
     # Messages --------------------------------------------------------------------------------
 
     def post_comment(self, posted: NewMessage) -> dict[str, Any]:
-        message = posted.wire()
+        # Kept as posted, with only the defaults the deployed queue fills in.
+        message = posted.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        message.setdefault("domain", DEFAULT_DOMAIN)
+        message.setdefault("message-type", "human")
+        message.setdefault("eqScore", 0)
         entity = posted.bot_params.entity if posted.bot_params else None
         queued = posted.message_type == "human" and bool(entity)
         if queued:
-            bot_params_of(message)["status"] = "pending"
+            bot_params = bot_params_of(message)
+            bot_params["status"] = "pending"
+            bot_params.setdefault("priority", DEFAULT_PRIORITY)
         with self._transaction() as db:
             if posted.id is not None:
                 row = db.execute(
