@@ -105,7 +105,7 @@ def celery_floor(count: int) -> float:
             ):
                 argv = python_command(
                     "-m", "celery", "-A", "floor_app", "worker", "-Q", queue, "-n", f"{name}@%h",
-                    "-c", str(concurrency), "--without-mingle", "--without-gossip", "-l", "warning",
+                    "-c", str(concurrency), "--without-mingle", "--without-gossip", "-l", "info",
                 )  # fmt: skip
                 group.add(ManagedProcess(name, argv, env_base, logs / f"{name}.log"))
             import floor_app  # noqa: PLC0415 - beside this script, on sys.path when it runs

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 
-from workers.celery_config import celery_config
+from workers.celery_config import celery_config, quiet_task_trace
 from workers.settings import CelerySettings
 
 SERVER_QUEUE = "floor-server"
@@ -17,6 +17,7 @@ DONE_KEY = "bench:floor:done"
 
 app = Celery("floor", set_as_current=False)
 app.add_defaults(lambda: {**celery_config(CelerySettings()), "worker_concurrency": 4})
+signals.after_setup_logger.connect(quiet_task_trace, weak=False)
 _redis: redis.Redis | None = None
 
 

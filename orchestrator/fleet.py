@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -67,7 +67,6 @@ class ServerView:
     ollama_url: str = ""
     worker_version: str = ""
     last_beat: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def free_slots(self) -> int:
