@@ -72,6 +72,39 @@ def bridge(
         services.close()
 
 
+@app.command()
+def status(
+    config: ConfigOption = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts")] = False,
+) -> None:
+    """The fleet: one row per server (online, load, latency, models, heartbeat, queue)."""
+    import json  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+    from rich.live import Live  # noqa: PLC0415
+
+    from orchestrator.redis_client import connect  # noqa: PLC0415
+    from orchestrator.status import read_status, status_table  # noqa: PLC0415
+    from workers.keys import Keys  # noqa: PLC0415
+
+    settings = load_settings(config, redis_url=redis_url)
+    client, keys = connect(settings.redis_url), Keys(settings.key_prefix)
+    try:
+        if as_json:
+            typer.echo(json.dumps(read_status(client, keys).as_json()))
+        elif not watch:
+            Console().print(status_table(read_status(client, keys)))
+        else:
+            stop = stop_on_signals()
+            with Live(status_table(read_status(client, keys)), auto_refresh=False) as live:
+                while not stop.wait(1.0):
+                    live.update(status_table(read_status(client, keys)), refresh=True)
+    finally:
+        client.close()
+
+
 @queue_app.command("serve")
 def queue_serve(
     config: ConfigOption = None,

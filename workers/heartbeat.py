@@ -67,6 +67,7 @@ class HeartbeatThread(threading.Thread):
         pipe.hset(keys.server(self.rt.server_id), mapping=mapping)
         pipe.pexpire(keys.server(self.rt.server_id), ttl_ms)
         pipe.sadd(keys.servers, self.rt.server_id)
+        pipe.zadd(keys.last_seen, {self.rt.server_id: float(record["last_beat"])})
         pipe.execute()
         healthy = record["ollama_healthy"] == "1"
         if healthy != self._was_healthy:
@@ -96,8 +97,9 @@ class HeartbeatThread(threading.Thread):
         self.join(timeout=5)
         try:
             pipe = self.rt.redis.pipeline(transaction=True)
+            # The record goes at once; the id stays known, so `status` shows it offline.
             pipe.delete(self.rt.keys.server(self.rt.server_id))
-            pipe.srem(self.rt.keys.servers, self.rt.server_id)
+            pipe.zadd(self.rt.keys.last_seen, {self.rt.server_id: time.time()})
             pipe.publish(self.rt.keys.slot_events, f"gone:{self.rt.server_id}")
             pipe.execute()
         except redis.RedisError as exc:

@@ -21,6 +21,11 @@ class Keys:
         """Hash with TTL: the server record."""
         return f"{self.prefix}:server:{server_id}"
 
+    @property
+    def last_seen(self) -> str:
+        """Sorted set: each server's last heartbeat time, kept after its record expires."""
+        return f"{self.prefix}:servers:last-seen"
+
     def inflight(self, server_id: str) -> str:
         """Set of job ids running on a server: a set, not a counter, so it cannot drift."""
         return f"{self.prefix}:inflight:{server_id}"
