@@ -25,7 +25,7 @@ from orchestrator.fleet import ServerView
 from orchestrator.ledger import Job, JobState
 from orchestrator.messages import Message
 from orchestrator.prompts import build_chat_request, build_eq_request
-from orchestrator.routing import able_servers, choose_server
+from orchestrator.routing import SpeedDefaults, able_servers, choose_server
 from orchestrator.services import Services
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, ChatRequest, GenerateJob
 
@@ -43,8 +43,13 @@ class ReadyJob:
     region: str = field(compare=False)
     reply: ChatRequest = field(compare=False)
     eq: ChatRequest | None = field(compare=False)
+    expected_tokens: int = field(compare=False, default=150)
     attempt: int = field(compare=False, default=0)
     tried: tuple[str, ...] = field(compare=False, default=())
+
+
+def eq_tokens(request: ChatRequest) -> int:
+    return int(request.options.get("num_predict") or 0)
 
 
 class Rejection(Exception):
@@ -62,6 +67,9 @@ class Bridge:
         self._queue_empty_until = 0.0
         self._queue_backoff_s = 0.0
         self.stats = {"claimed": 0, "dispatched": 0, "rejected": 0, "dead": 0}
+        self.speed_defaults = SpeedDefaults(
+            tokens_per_s=self.settings.default_tokens_per_s, load_s=self.settings.default_load_s
+        )
 
     # The loop --------------------------------------------------------------------------------
 
@@ -180,6 +188,7 @@ class Bridge:
             region=getattr(entity, "region", None) or "",
             reply=reply,
             eq=eq,
+            expected_tokens=entity.max_tokens + (eq_tokens(eq) if eq else 0),
         )
 
     def reject(self, job_id: str, reason: str) -> None:
@@ -232,9 +241,18 @@ class Bridge:
     def place(self, ready: ReadyJob, fleet: list[ServerView]) -> bool:
         """Reserve a slot on the chosen server and dispatch; False if no slot could be had."""
         for _ in range(3):
-            decision = choose_server(fleet, ready.model, region=ready.region, rng=self._rng)
+            decision = choose_server(
+                fleet,
+                ready.model,
+                tokens=ready.expected_tokens,
+                exclude=ready.tried,
+                region=ready.region,
+                defaults=self.speed_defaults,
+                rng=self._rng,
+            )
             server = decision.server
             if server is None:
+                log.debug("job=%s %s", ready.job_id, decision.reason)
                 return False
             attempt = ready.attempt + 1
             dispatched = {
@@ -247,7 +265,7 @@ class Bridge:
                 "priority": str(-ready.sort_key[0]),
             }
             if self.services.fleet.reserve(server.id, server.capacity, ready.job_id, dispatched):
-                log.debug("job=%s route %s", ready.job_id, decision.reason)
+                log.debug("job=%s route to %s", ready.job_id, decision.reason)
                 fleet[fleet.index(server)] = replace(server, inflight=server.inflight + 1)
                 return self.dispatch(ready, server.id, attempt)
             # Another bridge took that slot between our read and our reserve: look again.

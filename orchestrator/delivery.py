@@ -67,9 +67,7 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     pipe = services.redis.pipeline(transaction=True)
     if outcome == "answered":
         pipe.set(services.keys.once_reply(job.id), 1, ex=ONCE_GUARD_TTL_S)
-    services.fleet.queue_latency(
-        pipe, result.server_id, entity.model, timings.wall_ms, timings.eval_count
-    )
+    services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
     services.ledger.queue_finish(pipe, job.id, JobState.DONE, outcome=outcome)
     pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import redis
 
 from orchestrator.redis_client import text, texts
 from workers.keys import Keys
+from workers.protocol import ChatTimings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGETALL', ARGV[1] .. id)
   out[#out + 1] = redis.call('SCARD', ARGV[2] .. id)
+  out[#out + 1] = redis.call('HGETALL', ARGV[3] .. id)
 end
 return out
 """
@@ -45,9 +47,20 @@ local function blend(field, value)
 end
 blend(ARGV[1], tonumber(ARGV[3]))
 if tonumber(ARGV[4]) > 0 then blend(ARGV[2], tonumber(ARGV[4])) end
+if tonumber(ARGV[7]) > 0 then blend(ARGV[6], tonumber(ARGV[7])) end
 return 1
 """
 LATENCY_ALPHA = 0.2
+# Ollama reports a few milliseconds of load for a model already in memory; more is a cold load.
+COLD_LOAD_MS = 250.0
+
+
+@dataclass(frozen=True)
+class ModelSpeed:
+    """What this server has shown for one model: moving averages, None until measured."""
+
+    tokens_per_s: float | None = None
+    load_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class ServerView:
     ollama_url: str = ""
     worker_version: str = ""
     last_beat: float = 0.0
+    speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
 
     @property
     def free_slots(self) -> int:
@@ -106,6 +120,31 @@ def server_from_record(server_id: str, record: dict[str, str], inflight: int) ->
     )
 
 
+def pairs_to_dict(flat: list[str | bytes]) -> dict[str, str]:
+    items = texts(flat)
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def speeds_from_latency(fields: dict[str, str]) -> dict[str, ModelSpeed]:
+    """`{model}:tps` and `{model}:load_ms` moving averages, by model."""
+    tps: dict[str, float] = {}
+    load: dict[str, float] = {}
+    for name, value in fields.items():
+        model, _, measure = name.rpartition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if measure == "tps" and number > 0:
+            tps[model] = number
+        elif measure == "load_ms":
+            load[model] = number / 1000
+    return {
+        model: ModelSpeed(tokens_per_s=tps.get(model), load_s=load.get(model))
+        for model in tps.keys() | load.keys()
+    }
+
+
 class Fleet:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -117,13 +156,15 @@ class Fleet:
     def read(self) -> list[ServerView]:
         """Every known server, online or not, in one round trip whatever the fleet's size."""
         flat = self._read(
-            keys=[self.keys.servers], args=[self.keys.server(""), self.keys.inflight("")]
+            keys=[self.keys.servers],
+            args=[self.keys.server(""), self.keys.inflight(""), self.keys.latency("")],
         )
         servers = []
-        for index in range(0, len(flat), 3):
-            pairs = texts(flat[index + 1])
-            record = dict(zip(pairs[::2], pairs[1::2], strict=True))
-            servers.append(server_from_record(text(flat[index]), record, int(flat[index + 2])))
+        for index in range(0, len(flat), 4):
+            record = pairs_to_dict(flat[index + 1])
+            server = server_from_record(text(flat[index]), record, int(flat[index + 2]))
+            speeds = speeds_from_latency(pairs_to_dict(flat[index + 3]))
+            servers.append(replace(server, speeds=speeds) if speeds else server)
         return sorted(servers, key=lambda server: server.id)
 
     def reserve(
@@ -155,14 +196,18 @@ class Fleet:
         pipe: redis.client.Pipeline,
         server_id: str,
         model: str,
-        wall_ms: float,
-        tokens: int,
+        timings: ChatTimings,
     ) -> None:
-        """Moving averages per server and model (generation ms, tokens per second), added to a
-        caller's pipeline."""
-        tps = tokens / (wall_ms / 1000) if wall_ms > 0 and tokens > 0 else 0.0
+        """Moving averages per server and model, added to a caller's pipeline: the whole
+        request's time, the generation speed, and the model's load time when it was cold."""
+        eval_s = timings.eval_ms / 1000
+        tps = timings.eval_count / eval_s if eval_s > 0 and timings.eval_count > 0 else 0.0
+        cold_load_ms = timings.load_ms if timings.load_ms >= COLD_LOAD_MS else 0.0
         self._latency(
             keys=[self.keys.latency(server_id)],
-            args=[f"{model}:ms", f"{model}:tps", wall_ms, tps, LATENCY_ALPHA],
+            args=[
+                f"{model}:ms", f"{model}:tps", timings.wall_ms, tps, LATENCY_ALPHA,
+                f"{model}:load_ms", cold_load_ms,
+            ],
             client=pipe,
-        )
+        )  # fmt: skip

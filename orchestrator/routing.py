@@ -1,4 +1,12 @@
-"""Which server gets a job: pure policy over a snapshot of the fleet, no I/O."""
+"""Which server gets a job: pure policy over a snapshot of the fleet, no I/O.
+
+A job goes where it will be finished soonest. Its expected finish on a server is the wait for a
+slot there, the model's load time when the model is not loaded, and the generation time at the
+server's measured speed for that model. Servers that would finish it about as soon are told
+apart by the job's region, then priority, then at random. When the soonest server is full the
+job waits for it rather than take a slower free slot: a server is never sent more than its
+capacity.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +16,106 @@ from dataclasses import dataclass
 
 from orchestrator.fleet import ServerView
 
+# Finish times within this share (or this many seconds) of the soonest count as equally soon.
+EQUAL_SHARE = 0.05
+EQUAL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class SpeedDefaults:
+    """What to assume of a server and model until it has been measured."""
+
+    tokens_per_s: float = 30.0
+    load_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    server: ServerView
+    wait_s: float
+    load_s: float
+    generate_s: float
+
+    @property
+    def finish_s(self) -> float:
+        return self.wait_s + self.load_s + self.generate_s
+
+    def explain(self) -> str:
+        return (
+            f"{self.server.id} {self.finish_s:.2f}s (wait {self.wait_s:.2f} + load "
+            f"{self.load_s:.2f} + generate {self.generate_s:.2f}, "
+            f"{self.server.inflight}/{self.server.capacity} busy)"
+        )
+
 
 @dataclass(frozen=True)
 class Decision:
+    """`server` to dispatch to now, or None: `wait` for a slot, or no server can run it."""
+
     server: ServerView | None
     reason: str
+    wait: bool = False
 
 
 def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
     """Servers that are online, whose Ollama answers, and that have the model installed."""
     return [
-        server for server in servers if server.online and server.healthy and model in server.models
+        server
+        for server in servers
+        if server.online and server.healthy and model in server.models and server.capacity > 0
     ]
+
+
+def estimate(
+    server: ServerView, model: str, tokens: int, defaults: SpeedDefaults = SpeedDefaults()
+) -> Estimate:
+    speed = server.speeds.get(model)
+    tokens_per_s = (speed.tokens_per_s if speed else None) or defaults.tokens_per_s
+    generate_s = tokens / tokens_per_s
+    if model in server.loaded:
+        load_s = 0.0
+    else:
+        measured = speed.load_s if speed else None
+        load_s = measured if measured is not None else defaults.load_s
+    # A full server frees its next slot, on average, after a share of one job's time.
+    wait_s = 0.0 if server.free_slots > 0 else generate_s / server.capacity
+    return Estimate(server, wait_s, load_s, generate_s)
 
 
 def choose_server(
     servers: Iterable[ServerView],
     model: str,
     *,
+    tokens: int,
     exclude: Collection[str] = (),
     region: str = "",
+    defaults: SpeedDefaults = SpeedDefaults(),
     rng: random.Random | None = None,
 ) -> Decision:
-    """A server with a free slot for `model`, or None with the reason.
-
-    Among free servers: the model already loaded first (no load time), then the larger share
-    of free slots, then the message's region, then priority; ties at random.
-    """
     able = [server for server in able_servers(servers, model) if server.id not in exclude]
     if not able:
         return Decision(None, f"no online server has model {model}")
-    free = [server for server in able if server.free_slots > 0]
-    if not free:
-        return Decision(None, f"all {len(able)} servers with {model} are full")
-    chooser = rng or random.Random()
-
-    def rank(server: ServerView) -> tuple[bool, float, bool, int, float]:
-        return (
-            model in server.loaded,
-            server.free_slots / max(server.capacity, 1),
-            bool(region) and server.region == region,
-            server.priority,
-            chooser.random(),
-        )
-
-    best = max(free, key=rank)
-    warm = "warm" if model in best.loaded else "cold"
-    return Decision(
-        best, f"{best.id}: {warm}, {best.free_slots}/{best.capacity} free of {len(able)} able"
+    estimates = sorted(
+        (estimate(server, model, tokens, defaults) for server in able),
+        key=lambda entry: entry.finish_s,
     )
+    soonest = estimates[0].finish_s
+    equally_soon = [
+        entry
+        for entry in estimates
+        if entry.finish_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
+    ]
+    chooser = rng or random.Random()
+    best = max(
+        equally_soon,
+        key=lambda entry: (
+            bool(region) and entry.server.region == region,
+            entry.server.priority,
+            chooser.random(),
+        ),
+    )
+    others = "; ".join(entry.explain() for entry in estimates if entry is not best)
+    reason = f"{best.explain()}" + (f" over {others}" if others else "")
+    if best.server.free_slots > 0:
+        return Decision(best.server, reason)
+    return Decision(None, f"waits for {reason}", wait=True)

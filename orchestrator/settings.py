@@ -53,6 +53,12 @@ class Settings(CelerySettings):
     finished_retention_s: float = Field(
         default=86400.0, gt=0, description="Finished jobs stay in the ledger this long"
     )
+    default_tokens_per_s: float = Field(
+        default=30.0, gt=0, description="Routing: a model's speed on a server until measured"
+    )
+    default_load_s: float = Field(
+        default=20.0, ge=0, description="Routing: a model's load time on a server until measured"
+    )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
 
     @classmethod

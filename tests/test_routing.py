@@ -1,0 +1,127 @@
+"""The routing policy, rule by rule, on plain values."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from orchestrator.fleet import ModelSpeed, ServerView
+from orchestrator.routing import SpeedDefaults, choose_server, estimate
+
+M = "llama3.2:3b"
+DEFAULTS = SpeedDefaults(tokens_per_s=30.0, load_s=20.0)
+
+
+def server(
+    server_id: str,
+    *,
+    capacity: int = 2,
+    inflight: int = 0,
+    loaded: bool = True,
+    tps: float | None = 50.0,
+    load_s: float | None = 2.0,
+    region: str = "",
+    priority: int = 0,
+    models: tuple[str, ...] = (M,),
+    healthy: bool = True,
+    online: bool = True,
+) -> ServerView:
+    return ServerView(
+        id=server_id,
+        capacity=capacity,
+        inflight=inflight,
+        models=frozenset(models),
+        loaded=frozenset(models if loaded else ()),
+        healthy=healthy,
+        online=online,
+        region=region,
+        priority=priority,
+        speeds={M: ModelSpeed(tokens_per_s=tps, load_s=load_s)},
+    )
+
+
+def choose(servers: list[ServerView], region: str = "", seed: int = 1) -> str | None:
+    decision = choose_server(
+        servers, M, tokens=100, region=region, defaults=DEFAULTS, rng=random.Random(seed)
+    )
+    return decision.server.id if decision.server else None
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [
+        # Warm beats cold at equal speed.
+        ([server("cold", loaded=False), server("warm")], "warm"),
+        # A fast cold server beats a much slower warm one: 2 s load + 1 s vs 10 s.
+        ([server("slow-warm", tps=10), server("fast-cold", tps=100, loaded=False)], "fast-cold"),
+        # ... but not when loading costs more than the speed saves: 20 s + 1 s vs 10 s.
+        ([server("slow-warm", tps=10), server("fast-cold", tps=100, loaded=False, load_s=20)],
+         "slow-warm"),
+        # Unmeasured load time counts as the default (20 s).
+        ([server("slow-warm", tps=10), server("fast-cold", tps=100, loaded=False, load_s=None)],
+         "slow-warm"),
+        # Unmeasured speed counts as the default (30 tokens/s) against a measured 50.
+        ([server("unmeasured", tps=None), server("measured", tps=50)], "measured"),
+        # Only servers with the model, online, with Ollama answering.
+        ([server("other", models=("qwen2.5:7b",)), server("has-it", tps=1)], "has-it"),
+        ([server("down", healthy=False, tps=1000), server("up", tps=1)], "up"),
+        ([server("gone", online=False, tps=1000), server("up", tps=1)], "up"),
+        ([server("other", models=("qwen2.5:7b",))], None),
+    ],
+)  # fmt: skip
+def test_soonest_finish(servers: list[ServerView], expected: str | None) -> None:
+    assert choose(servers) == expected
+
+
+def test_waits_for_a_busy_fast_server_rather_than_take_a_free_slow_slot() -> None:
+    fast_busy = server("fast", tps=200, capacity=2, inflight=2)  # 0.25 s wait + 0.5 s
+    slow_free = server("slow", tps=5, capacity=4)  # 20 s
+    decision = choose_server([fast_busy, slow_free], M, tokens=100, defaults=DEFAULTS)
+    assert decision.server is None
+    assert decision.wait
+    assert "waits for fast" in decision.reason
+
+
+def test_a_free_slot_wins_when_the_busy_server_is_not_much_faster() -> None:
+    busy = server("busy", tps=60, capacity=1, inflight=1)  # 1.67 s wait + 1.67 s
+    free = server("free", tps=50)  # 2 s
+    assert choose([busy, free]) == "free"
+
+
+def test_never_more_than_capacity() -> None:
+    full = server("full", capacity=3, inflight=3, tps=1000)
+    decision = choose_server([full], M, tokens=100, defaults=DEFAULTS)
+    assert decision.server is None and decision.wait
+
+
+def test_region_then_priority_among_equally_soon() -> None:
+    home = server("home", region="eu")
+    away = server("away", region="us", priority=9)
+    assert choose([away, home], region="eu") == "home"
+    assert choose([away, home]) == "away"  # no region asked: priority decides
+    # Region does not beat a much sooner finish.
+    assert choose([server("home", region="eu", tps=5), server("away", region="us")], "eu") == "away"
+
+
+def test_ties_broken_at_random() -> None:
+    twins = [server("a"), server("b"), server("c")]
+    picks = Counter(choose(twins, seed=seed) for seed in range(300))
+    assert set(picks) == {"a", "b", "c"}
+    assert min(picks.values()) > 60
+
+
+def test_excluded_servers_are_not_chosen() -> None:
+    decision = choose_server(
+        [server("tried", tps=1000), server("fresh")], M, tokens=100, exclude={"tried"}
+    )
+    assert decision.server is not None and decision.server.id == "fresh"
+
+
+def test_estimate_parts() -> None:
+    parts = estimate(server("s", tps=50, loaded=False, load_s=3.0), M, 100, DEFAULTS)
+    assert (parts.wait_s, parts.load_s, parts.generate_s) == (0.0, 3.0, 2.0)
+    assert parts.finish_s == 5.0
+    full = estimate(server("s", tps=50, capacity=2, inflight=2), M, 100, DEFAULTS)
+    assert full.wait_s == 1.0
