@@ -11,6 +11,7 @@ capacity.
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ EQUAL_SECONDS = 0.05
 
 @dataclass(frozen=True)
 class SpeedDefaults:
-    """What to assume of a server and model until it has been measured."""
+    """What to assume of a server and model until it has been measured (when no other server
+    has been measured for that model either)."""
 
     tokens_per_s: float = 30.0
     load_s: float = 20.0
@@ -66,6 +68,18 @@ def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
     ]
 
 
+def fleet_defaults(servers: list[ServerView], model: str, fallback: SpeedDefaults) -> SpeedDefaults:
+    """A server not yet measured for a model is assumed typical of the fleet for that model:
+    the median of what the others have shown, else the settings."""
+    speeds = [server.speeds[model] for server in servers if model in server.speeds]
+    tokens_per_s = [speed.tokens_per_s for speed in speeds if speed.tokens_per_s]
+    load_s = [speed.load_s for speed in speeds if speed.load_s is not None]
+    return SpeedDefaults(
+        tokens_per_s=statistics.median(tokens_per_s) if tokens_per_s else fallback.tokens_per_s,
+        load_s=statistics.median(load_s) if load_s else fallback.load_s,
+    )
+
+
 def estimate(
     server: ServerView, model: str, tokens: int, defaults: SpeedDefaults = SpeedDefaults()
 ) -> Estimate:
@@ -95,8 +109,9 @@ def choose_server(
     able = [server for server in able_servers(servers, model) if server.id not in exclude]
     if not able:
         return Decision(None, f"no online server has model {model}")
+    typical = fleet_defaults(able, model, defaults)
     estimates = sorted(
-        (estimate(server, model, tokens, defaults) for server in able),
+        (estimate(server, model, tokens, typical) for server in able),
         key=lambda entry: entry.finish_s,
     )
     soonest = estimates[0].finish_s

@@ -59,9 +59,12 @@ def choose(servers: list[ServerView], region: str = "", seed: int = 1) -> str | 
         # ... but not when loading costs more than the speed saves: 20 s + 1 s vs 10 s.
         ([server("slow-warm", tps=10), server("fast-cold", tps=100, loaded=False, load_s=20)],
          "slow-warm"),
-        # Unmeasured load time counts as the default (20 s).
-        ([server("slow-warm", tps=10), server("fast-cold", tps=100, loaded=False, load_s=None)],
-         "slow-warm"),
+        # Load time measured nowhere in the fleet counts as the setting (20 s).
+        ([server("slow-warm", tps=10, load_s=None),
+          server("fast-cold", tps=100, loaded=False, load_s=None)], "slow-warm"),
+        # ... and measured elsewhere, as the fleet's typical load time (2 s here).
+        ([server("slow-warm", tps=10, load_s=2.0),
+          server("fast-cold", tps=100, loaded=False, load_s=None)], "fast-cold"),
         # Unmeasured speed counts as the default (30 tokens/s) against a measured 50.
         ([server("unmeasured", tps=None), server("measured", tps=50)], "measured"),
         # Only servers with the model, online, with Ollama answering.
@@ -125,3 +128,11 @@ def test_estimate_parts() -> None:
     assert parts.finish_s == 5.0
     full = estimate(server("s", tps=50, capacity=2, inflight=2), M, 100, DEFAULTS)
     assert full.wait_s == 1.0
+
+
+def test_an_unmeasured_server_is_assumed_typical_of_the_fleet() -> None:
+    # A new Mac with no measurements yet is neither shunned nor favoured.
+    measured = server("measured", tps=400)
+    new = server("new", tps=None)
+    picks = Counter(choose([measured, new], seed=seed) for seed in range(100))
+    assert set(picks) == {"measured", "new"}
