@@ -25,7 +25,14 @@ from orchestrator.fleet import ServerView
 from orchestrator.ledger import Job, JobState
 from orchestrator.messages import Message
 from orchestrator.prompts import build_chat_request, build_eq_request
-from orchestrator.routing import SpeedDefaults, able_servers, choose_server
+from orchestrator.routing import (
+    Decision,
+    Planner,
+    SpeedDefaults,
+    able_servers,
+    choose_least_inflight,
+    choose_random,
+)
 from orchestrator.services import Services
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, ChatRequest, GenerateJob
 
@@ -52,6 +59,9 @@ def eq_tokens(request: ChatRequest) -> int:
     return int(request.options.get("num_predict") or 0)
 
 
+UNBOUNDED = 1_000_000
+
+
 class Rejection(Exception):
     """A message that will get no reply, with the reason recorded in the ledger."""
 
@@ -67,6 +77,10 @@ class Bridge:
         self._queue_empty_until = 0.0
         self._queue_backoff_s = 0.0
         self.stats = {"claimed": 0, "dispatched": 0, "rejected": 0, "dead": 0}
+        # The comparison policies send work to full servers, as the old bot did.
+        self.respects_capacity = self.settings.routing_policy == "soonest"
+        self._planner: Planner | None = None
+        self._planned_fleet: list[ServerView] | None = None
         self.speed_defaults = SpeedDefaults(
             tokens_per_s=self.settings.default_tokens_per_s, load_s=self.settings.default_load_s
         )
@@ -109,7 +123,9 @@ class Bridge:
         fleet = self.services.fleet.read()
         progressed = self.place_waiting(fleet)
         free_slots = sum(server.free_slots for server in fleet)
-        if free_slots <= len(self.waiting) or time.monotonic() < self._queue_empty_until:
+        if time.monotonic() < self._queue_empty_until:
+            return progressed
+        if self.respects_capacity and free_slots <= len(self.waiting):
             return progressed
         return self.claim_one(fleet) or progressed
 
@@ -241,15 +257,7 @@ class Bridge:
     def place(self, ready: ReadyJob, fleet: list[ServerView]) -> bool:
         """Reserve a slot on the chosen server and dispatch; False if no slot could be had."""
         for _ in range(3):
-            decision = choose_server(
-                fleet,
-                ready.model,
-                tokens=ready.expected_tokens,
-                exclude=ready.tried,
-                region=ready.region,
-                defaults=self.speed_defaults,
-                rng=self._rng,
-            )
+            decision = self.decide(ready, fleet)
             server = decision.server
             if server is None:
                 log.debug("job=%s %s", ready.job_id, decision.reason)
@@ -264,13 +272,30 @@ class Bridge:
                 "model": ready.model,
                 "priority": str(-ready.sort_key[0]),
             }
-            if self.services.fleet.reserve(server.id, server.capacity, ready.job_id, dispatched):
+            capacity = server.capacity if self.respects_capacity else UNBOUNDED
+            if self.services.fleet.reserve(server.id, capacity, ready.job_id, dispatched):
                 log.debug("job=%s route to %s", ready.job_id, decision.reason)
-                fleet[fleet.index(server)] = replace(server, inflight=server.inflight + 1)
+                index = next(i for i, known in enumerate(fleet) if known.id == server.id)
+                fleet[index] = replace(fleet[index], inflight=fleet[index].inflight + 1)
                 return self.dispatch(ready, server.id, attempt)
             # Another bridge took that slot between our read and our reserve: look again.
             fleet[:] = self.services.fleet.read()
+            self._planner = None
         return False
+
+    def decide(self, ready: ReadyJob, fleet: list[ServerView]) -> Decision:
+        policy = self.settings.routing_policy
+        if policy == "random":
+            return choose_random(fleet, ready.model, exclude=ready.tried, rng=self._rng)
+        if policy == "least_inflight":
+            return choose_least_inflight(fleet, ready.model, exclude=ready.tried, rng=self._rng)
+        if self._planner is None or self._planned_fleet is not fleet:
+            # One plan per snapshot of the fleet: each job placed sees the ones placed before.
+            self._planner = Planner(fleet, self.speed_defaults, self._rng)
+            self._planned_fleet = fleet
+        return self._planner.place(
+            ready.model, tokens=ready.expected_tokens, region=ready.region, exclude=ready.tried
+        )
 
     def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
         """Send the generate task; the ledger already says where it went."""

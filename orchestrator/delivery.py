@@ -68,7 +68,13 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     if outcome == "answered":
         pipe.set(services.keys.once_reply(job.id), 1, ex=ONCE_GUARD_TTL_S)
     services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
-    services.ledger.queue_finish(pipe, job.id, JobState.DONE, outcome=outcome)
+    services.ledger.queue_finish(
+        pipe,
+        job.id,
+        JobState.DONE,
+        outcome=outcome,
+        extra={"started_at": result.started_at, "generated_at": result.finished_at},
+    )
     pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(

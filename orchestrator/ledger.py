@@ -57,6 +57,8 @@ class Job(BaseModel):
     claimed_at: float = 0.0
     dispatched_at: float | None = None
     finished_at: float | None = None
+    started_at: float | None = None  # the server began generating
+    generated_at: float | None = None  # the server finished generating
     deadline: float = 0.0
     reason: str | None = None
     outcome: str | None = None
@@ -204,10 +206,11 @@ class Ledger:
         *,
         reason: str | None = None,
         outcome: str | None = None,
+        extra: dict[str, float] | None = None,
     ) -> None:
         """The commands of `finish`, added to a caller's pipeline to save round trips."""
         now = time.time()
-        fields: dict[Any, Any] = {"state": state.value, "finished_at": now}
+        fields: dict[Any, Any] = {"state": state.value, "finished_at": now, **(extra or {})}
         if reason is not None:
             fields["reason"] = reason[:2000]
         if outcome is not None:

@@ -80,20 +80,85 @@ def fleet_defaults(servers: list[ServerView], model: str, fallback: SpeedDefault
     )
 
 
+class Planner:
+    """Places jobs one after another, each where it would finish soonest given the jobs placed
+    before it: a list scheduler over the fleet's slots. A job is dispatched only to a slot that
+    is free now; one whose soonest finish is behind a busy slot waits for it."""
+
+    def __init__(
+        self,
+        servers: Iterable[ServerView],
+        defaults: SpeedDefaults = SpeedDefaults(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.servers = list(servers)
+        self.defaults = defaults
+        self.rng = rng or random.Random()
+        self._slots: dict[str, list[float]] = {}  # per server: seconds until each slot frees
+        self._loaded: dict[str, set[str]] = {}
+
+    def _slots_of(self, server: ServerView, generate_s: float) -> list[float]:
+        if server.id not in self._slots:
+            busy = min(server.inflight, server.capacity)
+            # A busy slot frees, on average, halfway through a job like this one.
+            self._slots[server.id] = [0.0] * (server.capacity - busy) + [generate_s / 2] * busy
+            self._loaded[server.id] = set(server.loaded)
+        return self._slots[server.id]
+
+    def estimate(
+        self, server: ServerView, model: str, tokens: int, typical: SpeedDefaults
+    ) -> Estimate:
+        speed = server.speeds.get(model)
+        tokens_per_s = (speed.tokens_per_s if speed else None) or typical.tokens_per_s
+        generate_s = tokens / tokens_per_s
+        wait_s = min(self._slots_of(server, generate_s))
+        if model in self._loaded[server.id]:
+            load_s = 0.0
+        else:
+            measured = speed.load_s if speed else None
+            load_s = measured if measured is not None else typical.load_s
+        return Estimate(server, wait_s, load_s, generate_s)
+
+    def place(
+        self, model: str, *, tokens: int, region: str = "", exclude: Collection[str] = ()
+    ) -> Decision:
+        able = [server for server in able_servers(self.servers, model) if server.id not in exclude]
+        if not able:
+            return Decision(None, f"no online server has model {model}")
+        typical = fleet_defaults(able, model, self.defaults)
+        estimates = sorted(
+            (self.estimate(server, model, tokens, typical) for server in able),
+            key=lambda entry: entry.finish_s,
+        )
+        soonest = estimates[0].finish_s
+        equally_soon = [
+            entry
+            for entry in estimates
+            if entry.finish_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
+        ]
+        best = max(
+            equally_soon,
+            key=lambda entry: (
+                bool(region) and entry.server.region == region,
+                entry.server.priority,
+                self.rng.random(),
+            ),
+        )
+        slots = self._slots[best.server.id]
+        slots[slots.index(best.wait_s)] = best.finish_s
+        self._loaded[best.server.id].add(model)
+        others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
+        reason = best.explain() + (f" over {others}" if others else "")
+        if best.wait_s == 0.0:
+            return Decision(best.server, reason)
+        return Decision(None, f"waits for {reason}", wait=True)
+
+
 def estimate(
     server: ServerView, model: str, tokens: int, defaults: SpeedDefaults = SpeedDefaults()
 ) -> Estimate:
-    speed = server.speeds.get(model)
-    tokens_per_s = (speed.tokens_per_s if speed else None) or defaults.tokens_per_s
-    generate_s = tokens / tokens_per_s
-    if model in server.loaded:
-        load_s = 0.0
-    else:
-        measured = speed.load_s if speed else None
-        load_s = measured if measured is not None else defaults.load_s
-    # A full server frees its next slot, on average, after a share of one job's time.
-    wait_s = 0.0 if server.free_slots > 0 else generate_s / server.capacity
-    return Estimate(server, wait_s, load_s, generate_s)
+    """One job's expected finish on one server, alone."""
+    return Planner([server], defaults).estimate(server, model, tokens, defaults)
 
 
 def choose_server(
@@ -106,31 +171,38 @@ def choose_server(
     defaults: SpeedDefaults = SpeedDefaults(),
     rng: random.Random | None = None,
 ) -> Decision:
+    """Where one job goes now, or that it waits (see Planner)."""
+    planner = Planner(servers, defaults, rng)
+    return planner.place(model, tokens=tokens, region=region, exclude=exclude)
+
+
+def choose_random(
+    servers: Iterable[ServerView],
+    model: str,
+    *,
+    exclude: Collection[str] = (),
+    rng: random.Random | None = None,
+) -> Decision:
+    """The old bot's way, for comparison: any online server with the model, full or not (a
+    full Ollama queues the request)."""
     able = [server for server in able_servers(servers, model) if server.id not in exclude]
     if not able:
         return Decision(None, f"no online server has model {model}")
-    typical = fleet_defaults(able, model, defaults)
-    estimates = sorted(
-        (estimate(server, model, tokens, typical) for server in able),
-        key=lambda entry: entry.finish_s,
-    )
-    soonest = estimates[0].finish_s
-    equally_soon = [
-        entry
-        for entry in estimates
-        if entry.finish_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
-    ]
+    pick = (rng or random.Random()).choice(able)
+    return Decision(pick, f"{pick.id} at random of {len(able)}")
+
+
+def choose_least_inflight(
+    servers: Iterable[ServerView],
+    model: str,
+    *,
+    exclude: Collection[str] = (),
+    rng: random.Random | None = None,
+) -> Decision:
+    """For comparison: the server with the fewest jobs in flight, blind to capacity and speed."""
+    able = [server for server in able_servers(servers, model) if server.id not in exclude]
+    if not able:
+        return Decision(None, f"no online server has model {model}")
     chooser = rng or random.Random()
-    best = max(
-        equally_soon,
-        key=lambda entry: (
-            bool(region) and entry.server.region == region,
-            entry.server.priority,
-            chooser.random(),
-        ),
-    )
-    others = "; ".join(entry.explain() for entry in estimates if entry is not best)
-    reason = f"{best.explain()}" + (f" over {others}" if others else "")
-    if best.server.free_slots > 0:
-        return Decision(best.server, reason)
-    return Decision(None, f"waits for {reason}", wait=True)
+    pick = min(able, key=lambda server: (server.inflight, chooser.random()))
+    return Decision(pick, f"{pick.id} with {pick.inflight} in flight")

@@ -7,7 +7,7 @@ import contextvars
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -58,6 +58,11 @@ class Settings(CelerySettings):
     )
     default_load_s: float = Field(
         default=20.0, ge=0, description="Routing: a model's load time on a server until measured"
+    )
+    routing_policy: Literal["soonest", "random", "least_inflight"] = Field(
+        default="soonest",
+        description="soonest finish (the router); random and least_inflight, which ignore "
+        "capacity and speed, exist to compare against (bench/fleet.py)",
     )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
 

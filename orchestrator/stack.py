@@ -68,6 +68,7 @@ class LocalStack:
         entities_dir: Path = SAMPLE_ENTITIES_DIR,
         queue_token: str | None = None,
         extra_env: dict[str, str] | None = None,
+        worker_env: dict[str, dict[str, str]] | None = None,
         bridges: int = 1,
         work_dir: Path | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class LocalStack:
         self.entities_dir = entities_dir
         self.queue_token = queue_token
         self.extra_env = extra_env or {}
+        self.worker_env = worker_env or {}
         self.bridge_count = bridges
         self._own_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ollama-cloud-"))
@@ -170,6 +172,7 @@ class LocalStack:
             CONCURRENCY=str(spec.parallel),
             LOCATION="this machine",
         )
+        env.update(self.worker_env.get(server_id, {}))
         process = self._start(f"worker-{server_id}", argv, env)
         if wait:
             self.wait_online([server_id])

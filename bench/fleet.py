@@ -1,0 +1,254 @@
+"""Routing over a heterogeneous fleet: our router beside the old bot's ways, same burst, one run.
+
+    python bench/fleet.py [--messages 500]
+    python bench/fleet.py --servers 200     # the router and the bridge with 200 servers known
+
+Runs one burst of messages through the whole system (real processes, simulated servers) three
+times, with the same messages: with our router (`soonest`), with `random` choice among online
+servers that have the model (a full server queues the request, as Ollama does), and with
+`least_inflight`, blind to capacity and speed. Prints one JSON object as its last line:
+  lower_bound_s   the largest, over every set of models, of that set's total work divided by
+                  the total throughput of the servers that can run any model in it
+  policies        per policy: makespan_s, utilization (busy slot-seconds over capacity x time
+                  while a backlog existed), wait_ms_p50 / wait_ms_p95 (claim to generation
+                  start), cold_loads, refused_full (requests a full server turned away)
+With --servers N, also: route_ms_p99 (reading the fleet and deciding, with N servers) and
+bridge_rss_mb (the bridge's resident memory while it routes over N known servers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from orchestrator.entities import SAMPLE_ENTITIES_DIR, load_entities
+from orchestrator.fleet import Fleet
+from orchestrator.ledger import Job, Ledger
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.redis_client import connect
+from orchestrator.routing import choose_server
+from orchestrator.simulator import SimServerSpec
+from orchestrator.stack import LocalStack, wait_quiet
+from workers.keys import Keys
+
+LLAMA = "llama3.2:3b"  # the-eternal
+QWEN = "qwen2.5:7b"  # the-critic
+POLICIES = ("soonest", "random", "least_inflight")
+
+
+def heterogeneous_fleet() -> list[SimServerSpec]:
+    """Six servers: capacities 1 to 4, speeds 8x apart, different models, one region apart."""
+    both = [LLAMA, QWEN]
+    return [
+        SimServerSpec(name="studio-1", models=both, loaded=both, tokens_per_second=160,
+                      parallel=4, load_seconds=3, max_queue=1000),
+        SimServerSpec(name="studio-2", models=both, loaded=[LLAMA], tokens_per_second=120,
+                      parallel=3, load_seconds=3, max_queue=1000),
+        SimServerSpec(name="mini-1", models=both, loaded=[QWEN], tokens_per_second=60,
+                      parallel=2, load_seconds=4, max_queue=1000, max_loaded_models=1),
+        SimServerSpec(name="mini-2", models=[LLAMA], loaded=[LLAMA], tokens_per_second=50,
+                      parallel=2, load_seconds=4, max_queue=1000),
+        SimServerSpec(name="air", models=both, tokens_per_second=20, parallel=1,
+                      load_seconds=6, max_queue=1000, max_loaded_models=1),
+        SimServerSpec(name="gpu-us", models=[QWEN], loaded=[QWEN], tokens_per_second=100,
+                      parallel=4, load_seconds=3, max_queue=1000),
+    ]  # fmt: skip
+
+
+REGIONS = {"gpu-us": "us"}
+
+
+def burst(count: int, seed: int = 11) -> list[NewMessage]:
+    rng = random.Random(seed)
+    return [
+        NewMessage(
+            id=f"fleet-{index}",
+            text=f"burst question {index}",
+            username="bench",
+            botParams=BotParams(entity="the-eternal" if rng.random() < 0.6 else "the-critic"),
+        )
+        for index in range(count)
+    ]
+
+
+def lower_bound_s(messages: list[NewMessage], specs: list[SimServerSpec]) -> float:
+    entities = load_entities(SAMPLE_ENTITIES_DIR)
+    work: dict[str, float] = {}
+    for message in messages:
+        assert message.bot_params is not None
+        entity = entities.get(str(message.bot_params.entity))
+        assert entity is not None
+        work[entity.model] = work.get(entity.model, 0.0) + entity.max_tokens
+    bound = 0.0
+    models = sorted(work)
+    for size in range(1, len(models) + 1):
+        for subset in itertools.combinations(models, size):
+            throughput = sum(
+                spec.parallel * spec.tokens_per_second
+                for spec in specs
+                if set(subset) & set(spec.models)
+            )
+            bound = max(bound, sum(work[model] for model in subset) / throughput)
+    return bound
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def utilization(jobs: list[Job], capacity: int) -> float:
+    """Busy slot-seconds over capacity x time, from the first start until the backlog emptied
+    (the last job started)."""
+    window_start = min(job.started_at or 0.0 for job in jobs)
+    window_end = max(job.started_at or 0.0 for job in jobs)
+    busy = sum(
+        max(
+            0.0, min(job.generated_at or 0.0, window_end) - max(job.started_at or 0.0, window_start)
+        )
+        for job in jobs
+    )
+    return busy / (capacity * (window_end - window_start))
+
+
+def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[str, Any]:
+    specs = heterogeneous_fleet()
+    env = {"OLLAMA_CLOUD_ROUTING_POLICY": policy, "OLLAMA_CLOUD_EQ_ENABLED": "false"}
+    regions = {spec.name: {"OLLAMA_CLOUD_REGION": REGIONS.get(spec.name, "eu")} for spec in specs}
+    with LocalStack(specs, extra_env=env, worker_env=regions) as stack:
+        register_phantoms(stack, phantoms)
+        with stack.queue_client() as queue:
+            for message in messages:
+                queue.post_comment(message)
+        wait_quiet(stack, expected=len(messages), timeout=1800)
+        jobs = Ledger(stack.redis, stack.keys).get_many([str(m.id) for m in messages])
+        stats = [httpx.get(f"{stack.sim_url(s.name)}/sim/stats").json() for s in stack.specs]
+        rss_mb = bridge_rss_mb(stack)
+    answered = [job for job in jobs if job.outcome == "answered"]
+    if len(answered) != len(messages):
+        raise RuntimeError(f"{policy}: {len(answered)} of {len(messages)} answered")
+    waits = [((job.started_at or 0.0) - job.claimed_at) * 1000 for job in answered]
+    return {
+        "makespan_s": round(
+            max(job.finished_at or 0.0 for job in answered) - min(j.claimed_at for j in answered),
+            2,
+        ),
+        "utilization": round(utilization(answered, sum(s.parallel for s in specs)), 3),
+        "wait_ms_p50": round(statistics.median(waits)),
+        "wait_ms_p95": round(percentile(waits, 0.95)),
+        "cold_loads": sum(int(entry["cold_loads"]) for entry in stats),
+        "refused_full": sum(int(entry["refused_full"]) for entry in stats),
+        "per_server": dict(sorted(_count(job.server_id or "-" for job in answered).items())),
+        "bridge_rss_mb": rss_mb,
+    }
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def register_phantoms(stack: LocalStack, count: int) -> None:
+    """Known servers with a model no entity uses: the router reads and weighs every one of
+    them, and no job goes there. Their records are kept alive like a heartbeat's."""
+    pipe = stack.redis.pipeline(transaction=False)
+    for index in range(count):
+        server_id = f"phantom-{index:03d}"
+        pipe.hset(
+            stack.keys.server(server_id),
+            mapping={
+                "id": server_id, "capacity": "2", "models": json.dumps(["phantom:1b"]),
+                "loaded": "[]", "ollama_healthy": "1", "region": "eu",
+                "last_beat": str(time.time()),
+            },
+        )  # fmt: skip
+        pipe.sadd(stack.keys.servers, server_id)
+    pipe.execute()
+
+
+def bridge_rss_mb(stack: LocalStack) -> float:
+    pid = stack.processes["bridge"].pid
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def route_ms_p99(servers: int, decisions: int = 2000) -> float:
+    """Reading the fleet from Redis and deciding, with `servers` servers registered."""
+    from orchestrator.embedded_redis import EmbeddedRedis  # noqa: PLC0415
+
+    with EmbeddedRedis() as redis_server:
+        client = connect(redis_server.url)
+        keys = Keys()
+        rng = random.Random(3)
+        pipe = client.pipeline(transaction=False)
+        for index in range(servers):
+            server_id = f"server-{index:03d}"
+            pipe.hset(
+                keys.server(server_id),
+                mapping={
+                    "id": server_id, "capacity": str(rng.randint(1, 4)),
+                    "models": json.dumps([LLAMA, QWEN] if index % 3 else [QWEN]),
+                    "loaded": json.dumps([LLAMA] if index % 2 else []), "ollama_healthy": "1",
+                    "region": "eu" if index % 5 else "us", "last_beat": str(time.time()),
+                },
+            )  # fmt: skip
+            pipe.hset(keys.latency(server_id), mapping={f"{LLAMA}:tps": rng.uniform(20, 160)})
+            pipe.sadd(keys.servers, server_id)
+        pipe.execute()
+        fleet = Fleet(client, keys)
+        timings = []
+        for _ in range(decisions):
+            started = time.perf_counter()
+            choose_server(fleet.read(), LLAMA, tokens=100, region="eu", rng=rng)
+            timings.append((time.perf_counter() - started) * 1000)
+        client.close()
+    return round(percentile(timings, 0.99), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--servers", type=int, default=0, help="also measure with N servers")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    args = parser.parse_args()
+    messages = burst(args.messages)
+    report: dict[str, Any] = {
+        "messages": len(messages),
+        "lower_bound_s": round(lower_bound_s(messages, heterogeneous_fleet()), 2),
+        "policies": {},
+    }
+    phantoms = max(0, args.servers - len(heterogeneous_fleet()))
+    for policy in args.policies.split(","):
+        result = run_policy(policy, messages, phantoms)
+        name = "ours" if policy == "soonest" else policy
+        report["policies"][name] = result
+        print(name, json.dumps(result), flush=True)
+    if args.servers:
+        report["route_ms_p99"] = route_ms_p99(args.servers)
+        report["bridge_rss_mb"] = report["policies"].get("ours", {}).get("bridge_rss_mb")
+    ours = report["policies"].get("ours")
+    if ours and "random" in report["policies"]:
+        report["speedup_vs_random"] = round(
+            report["policies"]["random"]["makespan_s"] / ours["makespan_s"], 2
+        )
+    if ours:
+        report["makespan_over_lower_bound"] = round(ours["makespan_s"] / report["lower_bound_s"], 3)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
