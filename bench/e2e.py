@@ -24,7 +24,7 @@ from orchestrator.messages import BotParams, NewMessage
 from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
 from orchestrator.redis_client import connect
 from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, wait_quiet
+from orchestrator.stack import LocalStack, stop_on_sigterm, wait_quiet
 from orchestrator.waiting import wait_for
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
@@ -147,6 +147,7 @@ def main() -> None:
     )
     parser.add_argument("--single", type=int, default=100, help="messages sent one at a time")
     args = parser.parse_args()
+    stop_on_sigterm()
 
     servers = [
         SimServerSpec(

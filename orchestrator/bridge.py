@@ -60,6 +60,7 @@ def eq_tokens(request: ChatRequest) -> int:
 
 
 UNBOUNDED = 1_000_000
+FLEET_RECORDS_MAX_AGE_S = 0.25
 
 
 class Rejection(Exception):
@@ -80,6 +81,12 @@ class Bridge:
         # The comparison policies send work to full servers, as the old bot did.
         self.respects_capacity = self.settings.routing_policy == "soonest"
         self._planner: Planner | None = None
+        self._fleet_records: list[ServerView] | None = None
+        self._fleet_read_at = 0.0
+        self.entity_models = frozenset(
+            entity.model for entity in services.entities if entity.enabled
+        )
+        self._site_backlog = 0  # messages the site queue still holds, as of the last claim
         self._planned_fleet: list[ServerView] | None = None
         self.speed_defaults = SpeedDefaults(
             tokens_per_s=self.settings.default_tokens_per_s, load_s=self.settings.default_load_s
@@ -118,11 +125,24 @@ class Bridge:
             log.warning("bridge: event channel lost (%s)", exc)
             stop.wait(0.5)
 
+    def read_fleet(self) -> list[ServerView]:
+        """The fleet for this step: records re-read a few times a second (they change with
+        heartbeats), in-flight counts every step."""
+        now = time.monotonic()
+        if self._fleet_records is None or now - self._fleet_read_at > FLEET_RECORDS_MAX_AGE_S:
+            self._fleet_records = self.services.fleet.read()
+            self._fleet_read_at = now
+            return list(self._fleet_records)
+        return self.services.fleet.refresh_inflight(self._fleet_records)
+
     def step(self) -> bool:
         """Place what waits, then claim one message if a slot is left. True if anything moved."""
-        fleet = self.services.fleet.read()
+        fleet = self.read_fleet()
         progressed = self.place_waiting(fleet)
-        free_slots = sum(server.free_slots for server in fleet)
+        # Only slots that some entity's model can use count as room to claim into.
+        free_slots = sum(
+            server.free_slots for server in fleet if server.models & self.entity_models
+        )
         if time.monotonic() < self._queue_empty_until:
             return progressed
         if self.respects_capacity and free_slots <= len(self.waiting):
@@ -142,6 +162,7 @@ class Bridge:
             )
             return False
         self._queue_backoff_s = 0.0
+        self._site_backlog = claimed.remaining_pending if claimed.message is not None else 0
         if claimed.message is None:
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
             return False
@@ -279,7 +300,8 @@ class Bridge:
                 fleet[index] = replace(fleet[index], inflight=fleet[index].inflight + 1)
                 return self.dispatch(ready, server.id, attempt)
             # Another bridge took that slot between our read and our reserve: look again.
-            fleet[:] = self.services.fleet.read()
+            self._fleet_records = None
+            fleet[:] = self.read_fleet()
             self._planner = None
         return False
 
@@ -293,6 +315,7 @@ class Bridge:
             # One plan per snapshot of the fleet: each job placed sees the ones placed before.
             self._planner = Planner(fleet, self.speed_defaults, self._rng)
             self._planned_fleet = fleet
+        self._planner.backlog = self._site_backlog + len(self.waiting)
         return self._planner.place(
             ready.model, tokens=ready.expected_tokens, region=ready.region, exclude=ready.tried
         )

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import itertools
 import random
-import signal
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,7 +16,7 @@ from rich.table import Table
 from orchestrator.fleet import ServerView
 from orchestrator.messages import BotParams, NewMessage
 from orchestrator.queue_client import SiteQueueClient
-from orchestrator.stack import LocalStack
+from orchestrator.stack import LocalStack, stop_on_sigterm
 
 console = Console()
 
@@ -145,10 +143,7 @@ def run_demo(messages: int | None, rate: float, timeout: float) -> int:
     """Live until Ctrl-C; or post `messages`, wait, report, and return 0 if each got one reply."""
     interrupted = False
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_sigterm()
     console.print(
         "[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, three simulated Macs,"
     )

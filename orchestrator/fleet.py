@@ -167,6 +167,26 @@ class Fleet:
             servers.append(replace(server, speeds=speeds) if speeds else server)
         return sorted(servers, key=lambda server: server.id)
 
+    def refresh_inflight(self, servers: list[ServerView]) -> list[ServerView]:
+        """The same servers with their in-flight counts read again, and any whose record has
+        expired marked offline: one round trip, cheap enough for every step, while the records
+        themselves change only with heartbeats."""
+        if not servers:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for server in servers:
+            pipe.scard(self.keys.inflight(server.id))
+            pipe.exists(self.keys.server(server.id))
+        replies = pipe.execute()
+        fresh = []
+        for index, known in enumerate(servers):
+            count, alive = int(replies[2 * index]), bool(replies[2 * index + 1])
+            view = (
+                known if alive or not known.online else replace(known, online=False, healthy=False)
+            )
+            fresh.append(view if view.inflight == count else replace(view, inflight=count))
+        return fresh
+
     def reserve(
         self, server_id: str, capacity: int, job_id: str, job_fields: dict[str, str] | None = None
     ) -> bool:

@@ -94,6 +94,7 @@ class Planner:
         self.servers = list(servers)
         self.defaults = defaults
         self.rng = rng or random.Random()
+        self.backlog = 0  # jobs known to be waiting behind this one (in the bridge, the site)
         self._slots: dict[str, list[float]] = {}  # per server: seconds until each slot frees
         self._loaded: dict[str, set[str]] = {}
 
@@ -144,6 +145,8 @@ class Planner:
                 self.rng.random(),
             ),
         )
+        if best.wait_s > 0.0:
+            best = self._free_slot_before_drain(estimates, tokens) or best
         slots = self._slots[best.server.id]
         slots[slots.index(best.wait_s)] = best.finish_s
         self._loaded[best.server.id].add(model)
@@ -152,6 +155,19 @@ class Planner:
         if best.wait_s == 0.0:
             return Decision(best.server, reason)
         return Decision(None, f"waits for {reason}", wait=True)
+
+    def _free_slot_before_drain(self, estimates: list[Estimate], tokens: int) -> Estimate | None:
+        """While a backlog is waiting, a free slot is worth taking if the job would be done there
+        before the fleet could drain the backlog anyway: keep every slot busy, and hold back
+        only near the end, when a slow slot would finish last."""
+        if self.backlog <= 0:
+            return None
+        throughput = sum(
+            entry.server.capacity * tokens / entry.generate_s for entry in estimates
+        )  # tokens per second of every able slot
+        drain_s = (self.backlog + sum(e.server.inflight for e in estimates)) * tokens / throughput
+        free = [entry for entry in estimates if entry.wait_s == 0.0 and entry.finish_s <= drain_s]
+        return min(free, key=lambda entry: entry.finish_s) if free else None
 
 
 def estimate(

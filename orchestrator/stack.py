@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -269,3 +270,12 @@ def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
         interval=0.05,
         what=f"{expected} jobs finished",
     )
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end a bench or the demo as Ctrl-C does, so the stack is stopped by its pids."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

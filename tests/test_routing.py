@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.fleet import ModelSpeed, ServerView
-from orchestrator.routing import SpeedDefaults, choose_server, estimate
+from orchestrator.routing import Planner, SpeedDefaults, choose_server, estimate
 
 M = "llama3.2:3b"
 DEFAULTS = SpeedDefaults(tokens_per_s=30.0, load_s=20.0)
@@ -136,3 +136,27 @@ def test_an_unmeasured_server_is_assumed_typical_of_the_fleet() -> None:
     new = server("new", tps=None)
     picks = Counter(choose([measured, new], seed=seed) for seed in range(100))
     assert set(picks) == {"measured", "new"}
+
+
+def test_a_free_slow_slot_is_used_while_a_backlog_waits_but_not_at_the_end() -> None:
+    fast_busy = server("fast", tps=200, capacity=2, inflight=2)
+    slow_free = server("slow", tps=5, capacity=4)  # 20 s a job
+    # 200 jobs behind this one: the fleet needs about 48 s to drain them, so a job that is
+    # done in 20 s on a slow slot delays nothing.
+    planner = Planner([fast_busy, slow_free], DEFAULTS)
+    planner.backlog = 200
+    decision = planner.place(M, tokens=100)
+    assert decision.server is not None and decision.server.id == "slow"
+    # Two jobs left: the slow slot would finish last, so the job waits for the fast server.
+    planner = Planner([fast_busy, slow_free], DEFAULTS)
+    planner.backlog = 2
+    assert planner.place(M, tokens=100).wait
+
+
+def test_a_plan_places_each_job_after_the_ones_before_it() -> None:
+    # Two free slots on a fast server, one on a slow one: the third job waits for the fast
+    # server when that is sooner, and never exceeds the slots free now.
+    planner = Planner([server("fast", tps=100, capacity=2), server("slow", tps=10, capacity=1)])
+    decisions = [planner.place(M, tokens=100) for _ in range(3)]
+    assert [d.server.id if d.server else None for d in decisions] == ["fast", "fast", None]
+    assert decisions[2].wait
