@@ -37,6 +37,16 @@ end
 return out
 """
 
+# Each listed server's in-flight count and whether its record is alive, in one step.
+REFRESH_INFLIGHT = """
+local out = {}
+for index = 3, #ARGV do
+  out[#out + 1] = redis.call('SCARD', ARGV[1] .. ARGV[index])
+  out[#out + 1] = redis.call('EXISTS', ARGV[2] .. ARGV[index])
+end
+return out
+"""
+
 # Moving averages of a server's generation time and speed for one model.
 RECORD_LATENCY = """
 local alpha = tonumber(ARGV[5])
@@ -151,6 +161,7 @@ class Fleet:
         self.keys = keys
         self._reserve = client.register_script(RESERVE_SLOT)
         self._read = client.register_script(READ_FLEET)
+        self._refresh = client.register_script(REFRESH_INFLIGHT)
         self._latency = client.register_script(RECORD_LATENCY)
 
     def read(self) -> list[ServerView]:
@@ -173,11 +184,9 @@ class Fleet:
         themselves change only with heartbeats."""
         if not servers:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for server in servers:
-            pipe.scard(self.keys.inflight(server.id))
-            pipe.exists(self.keys.server(server.id))
-        replies = pipe.execute()
+        replies = self._refresh(
+            args=[self.keys.inflight(""), self.keys.server(""), *(s.id for s in servers)]
+        )
         fresh = []
         for index, known in enumerate(servers):
             count, alive = int(replies[2 * index]), bool(replies[2 * index + 1])
