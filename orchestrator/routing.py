@@ -97,6 +97,7 @@ class Planner:
         self.backlog = 0  # jobs known to be waiting behind this one (in the bridge, the site)
         self._slots: dict[str, list[float]] = {}  # per server: seconds until each slot frees
         self._loaded: dict[str, set[str]] = {}
+        self._room: dict[str, int] = {}
 
     def _slots_of(self, server: ServerView, generate_s: float) -> list[float]:
         if server.id not in self._slots:
@@ -104,6 +105,8 @@ class Planner:
             # A busy slot frees, on average, halfway through a job like this one.
             self._slots[server.id] = [0.0] * (server.capacity - busy) + [generate_s / 2] * busy
             self._loaded[server.id] = set(server.loaded)
+            # Ollama does not say how many models fit; a server holds at least what it holds now.
+            self._room[server.id] = max(1, len(server.loaded))
         return self._slots[server.id]
 
     def estimate(
@@ -149,7 +152,11 @@ class Planner:
             best = self._free_slot_before_drain(estimates, tokens) or best
         slots = self._slots[best.server.id]
         slots[slots.index(best.wait_s)] = best.finish_s
-        self._loaded[best.server.id].add(model)
+        loaded = self._loaded[best.server.id]
+        if model not in loaded and len(loaded) >= self._room[best.server.id]:
+            # Loading one more evicts one: later jobs for it would load it again.
+            loaded.discard(sorted(loaded)[0])
+        loaded.add(model)
         others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
         reason = best.explain() + (f" over {others}" if others else "")
         if best.wait_s == 0.0:

@@ -160,3 +160,20 @@ def test_a_plan_places_each_job_after_the_ones_before_it() -> None:
     decisions = [planner.place(M, tokens=100) for _ in range(3)]
     assert [d.server.id if d.server else None for d in decisions] == ["fast", "fast", None]
     assert decisions[2].wait
+
+
+def test_a_cold_load_on_a_full_server_evicts_in_the_plan() -> None:
+    # mini holds one model (qwen); loading llama there would evict it, so the qwen job after
+    # the llama job is not planned as warm on mini.
+    q = "qwen2.5:7b"
+    speed = ModelSpeed(tokens_per_s=50, load_s=1.0)
+    mini = ServerView(
+        id="mini", capacity=2, inflight=0, models=frozenset({M, q}), loaded=frozenset({q}),
+        speeds={M: speed, q: speed},
+    )  # fmt: skip
+    planner = Planner([mini], DEFAULTS)
+    first = planner.estimate(mini, q, 100, DEFAULTS)
+    assert first.load_s == 0.0
+    planner.place(M, tokens=100)
+    after = planner.estimate(mini, q, 100, DEFAULTS)
+    assert after.load_s == 1.0
