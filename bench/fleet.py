@@ -24,9 +24,11 @@ import json
 import random
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
+from e2e import percentile  # beside this script, on sys.path when it runs
 
 from orchestrator.entities import SAMPLE_ENTITIES_DIR, load_entities
 from orchestrator.fleet import Fleet
@@ -99,11 +101,6 @@ def lower_bound_s(messages: list[NewMessage], specs: list[SimServerSpec]) -> flo
     return bound
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def utilization(jobs: list[Job], capacity: int) -> float:
     """Busy slot-seconds over capacity x time, from the first start until the backlog emptied
     (the last job started)."""
@@ -145,16 +142,9 @@ def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[s
         "wait_ms_p95": round(percentile(waits, 0.95)),
         "cold_loads": sum(int(entry["cold_loads"]) for entry in stats),
         "refused_full": sum(int(entry["refused_full"]) for entry in stats),
-        "per_server": dict(sorted(_count(job.server_id or "-" for job in answered).items())),
+        "per_server": dict(sorted(Counter(job.server_id or "-" for job in answered).items())),
         "bridge_rss_mb": rss_mb,
     }
-
-
-def _count(values: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 def register_phantoms(stack: LocalStack, count: int) -> None:

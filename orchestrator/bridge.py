@@ -77,7 +77,6 @@ class Bridge:
         self._rng = random.Random()
         self._queue_empty_until = 0.0
         self._queue_backoff_s = 0.0
-        self.stats = {"claimed": 0, "dispatched": 0, "rejected": 0, "dead": 0}
         # The comparison policies send work to full servers, as the old bot did.
         self.respects_capacity = self.settings.routing_policy == "soonest"
         self._planner: Planner | None = None
@@ -166,7 +165,6 @@ class Bridge:
         if claimed.message is None:
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
             return False
-        self.stats["claimed"] += 1
         self.take(claimed.message, fleet)
         return True
 
@@ -231,7 +229,6 @@ class Bridge:
     def reject(self, job_id: str, reason: str) -> None:
         """No reply for this message: record why, then complete it on the site."""
         log.warning("job=%s rejected: %s", job_id, reason)
-        self.stats["rejected"] += 1
         self.services.ledger.finish(job_id, JobState.REJECTED, reason=reason, outcome="rejected")
         self.complete_quietly(job_id)
 
@@ -249,7 +246,6 @@ class Bridge:
         if not able_servers(fleet, ready.model):
             reason = f"no online server has model {ready.model}"
             log.warning("job=%s dead: %s", ready.job_id, reason)
-            self.stats["dead"] += 1
             self.services.ledger.finish(ready.job_id, JobState.DEAD, reason=reason, outcome="dead")
             self.complete_quietly(ready.job_id)
             return
@@ -343,7 +339,6 @@ class Bridge:
             )
             self.services.fleet.release(server_id, ready.job_id)
             return False
-        self.stats["dispatched"] += 1
         log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
         return True
 
