@@ -205,6 +205,7 @@ def report(progress: Progress, counts: Counter[str]) -> int:
     once = sum(1 for job_id in progress.posted if counts.get(job_id) == 1)
     twice = sum(1 for job_id in progress.posted if counts.get(job_id, 0) > 1)
     missing = len(progress.posted) - once - twice
+    console.print()
     console.print(
         f"answered exactly once: {once}/{len(progress.posted)}; more than once: {twice}; "
         f"no reply: {missing}"
