@@ -32,6 +32,7 @@ from orchestrator.routing import (
     able_servers,
     choose_least_inflight,
     choose_random,
+    hosting_servers,
 )
 from orchestrator.services import Services
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, ChatRequest, GenerateJob
@@ -53,6 +54,7 @@ class ReadyJob:
     expected_tokens: int = field(compare=False, default=150)
     attempt: int = field(compare=False, default=0)
     tried: tuple[str, ...] = field(compare=False, default=())
+    deadline: float = field(compare=False, default=float("inf"))
 
 
 def eq_tokens(request: ChatRequest) -> int:
@@ -61,6 +63,9 @@ def eq_tokens(request: ChatRequest) -> int:
 
 UNBOUNDED = 1_000_000
 FLEET_RECORDS_MAX_AGE_S = 0.25
+ALIVE_EVERY_S = 1.0  # how often the bridge says it is alive, and looks for retries regardless
+# A retry after a context overflow keeps this share of the history room, per trim.
+TRIM_FACTOR = 0.5
 
 
 class Rejection(Exception):
@@ -90,17 +95,22 @@ class Bridge:
         self.speed_defaults = SpeedDefaults(
             tokens_per_s=self.settings.default_tokens_per_s, load_s=self.settings.default_load_s
         )
+        self._alive_until = 0.0  # next time to renew this bridge's liveness key
+        self._retry_check_at = 0.0  # next time to look for due retries
 
     # The loop --------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         log.info("bridge %s starting: queue=%s", self.settings.bridge_id, self.settings.queue_url)
-        self.resume_from_ledger()
         pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self.services.keys.slot_events)
+        started = False
         try:
             while not stop.is_set():
                 try:
+                    if not started:
+                        pubsub.subscribe(self.services.keys.slot_events)
+                        self.resume_from_ledger()
+                        started = True
                     progressed = self.step()
                 except redis.RedisError as exc:
                     log.warning("bridge: redis unavailable (%s); retrying", exc)
@@ -110,19 +120,34 @@ class Bridge:
                     self._wait_for_change(pubsub, stop)
         finally:
             pubsub.close()
+            self.hand_back_waiting()
             log.info("bridge %s stopped", self.settings.bridge_id)
 
     def _wait_for_change(self, pubsub: redis.client.PubSub, stop: threading.Event) -> None:
-        """Sleep until a slot frees or a server changes, or until the queue is worth asking."""
-        timeout = max(0.01, min(0.5, self._queue_empty_until - time.monotonic()))
+        """Sleep until a slot frees, a server changes or a retry is due, or until the queue is
+        worth asking again."""
+        now = time.monotonic()
+        timeout = max(0.01, min(0.5, self._queue_empty_until - now, self._retry_check_at - now))
         try:
             event = pubsub.get_message(timeout=timeout)
             # Drain a burst of events so one freed slot is one wake-up, not many.
             while event is not None and not stop.is_set():
+                self._note_event(str(event.get("data", "")))
                 event = pubsub.get_message(timeout=0)
         except redis.RedisError as exc:
             log.warning("bridge: event channel lost (%s)", exc)
             stop.wait(0.5)
+
+    def _note_event(self, data: str) -> None:
+        kind, _, detail = data.partition(":")
+        if kind == "retry":
+            try:
+                due_in = float(detail) - time.time()
+            except ValueError:
+                due_in = 0.0
+            self._retry_check_at = min(self._retry_check_at, time.monotonic() + max(0.0, due_in))
+        elif kind in {"cool", "server", "gone"}:
+            self._fleet_records = None  # a server's standing changed: read the records again
 
     def read_fleet(self) -> list[ServerView]:
         """The fleet for this step: records re-read a few times a second (they change with
@@ -135,8 +160,15 @@ class Bridge:
         return self.services.fleet.refresh_inflight(self._fleet_records)
 
     def step(self) -> bool:
-        """Place what waits, then claim one message if a slot is left. True if anything moved."""
+        """Take due retries, place what waits, then claim one message if a slot is left.
+        True if anything moved."""
+        now = time.monotonic()
+        if now >= self._alive_until:
+            self.say_alive()
+            self._alive_until = now + ALIVE_EVERY_S
         fleet = self.read_fleet()
+        if now >= self._retry_check_at:
+            self.take_retries(fleet)
         progressed = self.place_waiting(fleet)
         # Only slots that some entity's model can use count as room to claim into.
         free_slots = sum(
@@ -148,7 +180,47 @@ class Bridge:
             return progressed
         return self.claim_one(fleet) or progressed
 
-    # Claiming --------------------------------------------------------------------------------
+    def say_alive(self) -> None:
+        """While this key lives, the jobs this bridge holds are its own; when it expires the
+        sweep hands them to other bridges."""
+        keys = self.services.keys
+        pipe = self.services.redis.pipeline(transaction=False)
+        pipe.set(
+            keys.bridge(self.settings.bridge_id),
+            f"{time.time():.3f}",
+            px=int(self.settings.bridge_lost_after_s * 1000),
+        )
+        pipe.sadd(keys.bridges, self.settings.bridge_id)
+        pipe.execute()
+
+    def take_retries(self, fleet: list[ServerView]) -> None:
+        """Jobs any bridge may place (failover, lost servers and bridges), due now."""
+        self._retry_check_at = time.monotonic() + ALIVE_EVERY_S
+        for job in self.services.ledger.take_retries(self.settings.bridge_id):
+            log.info(
+                "job=%s taken for attempt %d (tried: %s)",
+                job.id, job.attempt + 1, ",".join(job.servers_tried) or "none",
+            )  # fmt: skip
+            self.resume(job, fleet)
+
+    def hand_back_waiting(self) -> None:
+        """On a clean stop, what still waits here goes back to be placed by another bridge."""
+        if not self.waiting:
+            return
+        try:
+            for ready in self.waiting:
+                self.services.ledger.transition(
+                    ready.job_id,
+                    (JobState.CLAIMED, JobState.WAITING),
+                    {"state": JobState.RETRYING.value, "bridge_id": ""},
+                    retry_at=time.time(),
+                )
+            log.info("bridge: handed %d waiting jobs back", len(self.waiting))
+        except redis.RedisError as exc:
+            log.warning("bridge: waiting jobs stay with this bridge's id (%s)", exc)
+        self.waiting.clear()
+
+    # Claiming ---------------------------------------------------------------------------------
 
     def claim_one(self, fleet: list[ServerView]) -> bool:
         try:
@@ -191,7 +263,7 @@ class Bridge:
             return
         self.enqueue(ready, fleet)
 
-    def prepare(self, job_id: str, raw: dict[str, Any]) -> ReadyJob:
+    def prepare(self, job_id: str, raw: dict[str, Any], trim: int = 0) -> ReadyJob:
         try:
             message = Message.model_validate(raw)
         except ValidationError as exc:
@@ -209,7 +281,7 @@ class Bridge:
             raise Rejection(f"unknown entity {entity_id!r}")
         if not entity.enabled:
             raise Rejection(f"entity {entity_id!r} is disabled")
-        reply = build_chat_request(entity, message)
+        reply = build_chat_request(entity, message, history_budget_factor=TRIM_FACTOR**trim)
         eq = None
         scorer = self.services.entities.get(self.settings.eq_entity)
         if self.settings.eq_enabled and scorer is not None and scorer.enabled:
@@ -224,6 +296,7 @@ class Bridge:
             reply=reply,
             eq=eq,
             expected_tokens=entity.max_tokens + (eq_tokens(eq) if eq else 0),
+            deadline=time.time() + self.settings.job_deadline_s,
         )
 
     def reject(self, job_id: str, reason: str) -> None:
@@ -243,8 +316,10 @@ class Bridge:
     # Placing ---------------------------------------------------------------------------------
 
     def enqueue(self, ready: ReadyJob, fleet: list[ServerView]) -> None:
-        if not able_servers(fleet, ready.model):
+        if not hosting_servers(fleet, ready.model):
             reason = f"no online server has model {ready.model}"
+            if ready.tried:
+                reason += f"; tried: {', '.join(ready.tried)}"
             log.warning("job=%s dead: %s", ready.job_id, reason)
             self.services.ledger.finish(ready.job_id, JobState.DEAD, reason=reason, outcome="dead")
             self.complete_quietly(ready.job_id)
@@ -261,8 +336,14 @@ class Bridge:
             return False
         placed_any = False
         still_waiting: list[ReadyJob] = []
+        now = time.time()
         while self.waiting:
             ready = heapq.heappop(self.waiting)
+            if ready.deadline < now:
+                # The sweep gives it up (it is past its deadline in the ledger too).
+                log.info("job=%s past its deadline while waiting: left to the sweep", ready.job_id)
+                placed_any = True
+                continue
             if self.place(ready, fleet):
                 placed_any = True
             else:
@@ -289,8 +370,15 @@ class Bridge:
                 "model": ready.model,
                 "priority": str(-ready.sort_key[0]),
             }
-            capacity = server.capacity if self.respects_capacity else UNBOUNDED
-            if self.services.fleet.reserve(server.id, capacity, ready.job_id, dispatched):
+            capacity = server.usable_capacity if self.respects_capacity else UNBOUNDED
+            reserved = self.services.fleet.reserve(
+                server.id, capacity, ready.job_id, dispatched, owner=self.settings.bridge_id
+            )
+            if reserved < 0:
+                # Given up by the sweep or handed to another bridge meanwhile: not ours now.
+                log.info("job=%s no longer this bridge's to place: dropped here", ready.job_id)
+                return True
+            if reserved:
                 log.debug("job=%s route to %s", ready.job_id, decision.reason)
                 index = next(i for i, known in enumerate(fleet) if known.id == server.id)
                 fleet[index] = replace(fleet[index], inflight=fleet[index].inflight + 1)
@@ -302,18 +390,25 @@ class Bridge:
         return False
 
     def decide(self, ready: ReadyJob, fleet: list[ServerView]) -> Decision:
+        # A retry goes to a server not yet tried while one is usable; when none is, a tried
+        # one may have it again once its cooldown ends.
+        exclude: tuple[str, ...] = ()
+        if ready.tried and any(
+            server.id not in ready.tried for server in able_servers(fleet, ready.model)
+        ):
+            exclude = ready.tried
         policy = self.settings.routing_policy
         if policy == "random":
-            return choose_random(fleet, ready.model, exclude=ready.tried, rng=self._rng)
+            return choose_random(fleet, ready.model, exclude=exclude, rng=self._rng)
         if policy == "least_inflight":
-            return choose_least_inflight(fleet, ready.model, exclude=ready.tried, rng=self._rng)
+            return choose_least_inflight(fleet, ready.model, exclude=exclude, rng=self._rng)
         if self._planner is None or self._planned_fleet is not fleet:
             # One plan per snapshot of the fleet: each job placed sees the ones placed before.
             self._planner = Planner(fleet, self.speed_defaults, self._rng)
             self._planned_fleet = fleet
         self._planner.backlog = self._site_backlog + len(self.waiting)
         return self._planner.place(
-            ready.model, tokens=ready.expected_tokens, region=ready.region, exclude=ready.tried
+            ready.model, tokens=ready.expected_tokens, region=ready.region, exclude=exclude
         )
 
     def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
@@ -337,7 +432,13 @@ class Bridge:
             log.warning(
                 "job=%s server=%s dispatch failed (%s): waits", ready.job_id, server_id, exc
             )
-            self.services.fleet.release(server_id, ready.job_id)
+            # Back to waiting here, the slot given back.
+            self.services.ledger.transition(
+                ready.job_id,
+                (JobState.DISPATCHED,),
+                {"state": JobState.WAITING.value},
+                attempt=attempt,
+            )
             return False
         log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
         return True
@@ -361,10 +462,18 @@ class Bridge:
             log.info("bridge: resumed %d jobs from the ledger", len(mine))
 
     def resume(self, job: Job, fleet: list[ServerView]) -> None:
+        """Place again a job the ledger holds: its attempt count, the servers it failed on, how
+        far its history was cut, and its deadline carry over."""
         try:
-            ready = self.prepare(job.id, job.message)
+            ready = self.prepare(job.id, job.message, trim=job.trim)
         except Rejection as exc:
             self.reject(job.id, str(exc))
             return
+        except Exception as exc:
+            log.exception("job=%s could not be prepared again", job.id)
+            self.reject(job.id, f"internal error preparing the message: {exc!r}"[:500])
+            return
         ready.attempt = job.attempt
+        ready.tried = tuple(job.servers_tried)
+        ready.deadline = job.deadline or ready.deadline
         self.enqueue(ready, fleet)

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from orchestrator.control import SWEEP_TASK, register
+from orchestrator.control import RECOVER_TASK, SWEEP_TASK, register
 from orchestrator.settings import Settings, load_settings
 from workers.celery_config import celery_config, quiet_task_trace
 from workers.protocol import CONTROL_QUEUE
@@ -24,6 +24,11 @@ def control_config(settings: Settings) -> dict[str, Any]:
                 "task": SWEEP_TASK,
                 "schedule": settings.sweep_interval_s,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.sweep_interval_s * 5},
+            },
+            "recover": {
+                "task": RECOVER_TASK,
+                "schedule": settings.recover_interval_s,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.recover_interval_s},
             },
         },
     }

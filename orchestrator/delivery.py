@@ -7,12 +7,13 @@ Order: drop if stale → free the slot → post-process → post the reply (deri
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
 
-from orchestrator.errors import MessageGone, QueueUnreachable
-from orchestrator.ledger import Attempt, Job, JobState
+from orchestrator.errors import MessageGone, QueueError, QueueUnreachable
+from orchestrator.ledger import Attempt, Job, JobState, attempts_json
 from orchestrator.messages import Message
 from orchestrator.postprocess import build_reply, parse_eq_score, post_process
 from orchestrator.services import Services
@@ -68,6 +69,7 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     if outcome == "answered":
         pipe.set(services.keys.once_reply(job.id), 1, ex=ONCE_GUARD_TTL_S)
     services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
+    services.fleet.queue_success(pipe, result.server_id)
     services.ledger.queue_finish(
         pipe,
         job.id,
@@ -121,34 +123,102 @@ def apply_eq_once(services: Services, job_id: str, score: int) -> None:
     log.info("job=%s EQ %d applied", job_id, score)
 
 
+# Failures that say something about the server: it cools down before it is tried again.
+SERVER_FAULTS = frozenset(
+    {"unavailable", "busy", "timeout", "server_error", "worker_error", "ollama_error"}
+)
+
+
 def fail(services: Services, job: Job, result: GenerateResult) -> str:
-    """A generation that failed. Failover to another server builds on this (attempts history)."""
+    """A generation that failed: try another server after a short backoff, or give up."""
     error = result.reply
-    services.ledger.record_attempt(
-        job,
-        Attempt(
-            attempt=result.attempt,
-            server_id=result.server_id,
-            error_kind=error.error_kind,
-            error=error.error,
-        ),
+    kind = error.error_kind or "ollama_error"
+    failed = Attempt(
+        attempt=result.attempt, server_id=result.server_id, error_kind=kind, error=error.error
     )
-    reason = f"generation failed on {result.server_id}: {error.error_kind}: {error.error}"
-    give_up(services, job, reason)
-    return "dead"
+    settings = services.settings
+    if kind in SERVER_FAULTS:
+        cooldown = services.fleet.record_failure(
+            result.server_id, settings.cooldown_s, settings.cooldown_max_s
+        )
+        log.warning("server=%s cools down for %.1fs after %s", result.server_id, cooldown, kind)
+    after = job.model_copy(update={"attempts": [*job.attempts, failed]})
+    now = time.time()
+    trim = job.trim
+    backoff = 0.0
+    if kind == "context_overflow":
+        if job.trim >= 1:
+            reason = f"context too long even with the history cut: {after.history()}"
+            return end_or_stale(services, after, reason, result.attempt)
+        trim += 1  # once more, with less history, on any server
+    else:
+        failures = len(after.failures)
+        if failures >= settings.max_attempts:
+            reason = f"{failures} attempts failed: {after.history()}"
+            return end_or_stale(services, after, reason, result.attempt)
+        backoff = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (failures - 1))
+    if now + backoff >= job.deadline:
+        reason = f"deadline passed after {len(after.attempts)} attempts: {after.history()}"
+        return end_or_stale(services, after, reason, result.attempt)
+    moved = services.ledger.schedule_retry(
+        job,
+        (JobState.DELIVERING,),
+        at=now + backoff,
+        failed=failed,
+        fields={"trim": trim},
+        attempt=result.attempt,
+    )
+    if not moved:
+        return "stale"
+    log.warning(
+        "job=%s attempt=%d server=%s failed (%s): tries again in %.2fs%s",
+        job.id, result.attempt, result.server_id, kind, backoff,
+        " with the history cut" if trim > job.trim else "",
+    )  # fmt: skip
+    return "rerouted"
 
 
-def give_up(services: Services, job: Job, reason: str) -> None:
-    """No server could answer: the operator's apology if any, complete, dead letter."""
+def end_or_stale(services: Services, job: Job, reason: str, attempt: int) -> str:
+    ended = give_up(services, job, reason, (JobState.DELIVERING,), attempt=attempt)
+    return "dead" if ended else "stale"
+
+
+def give_up(
+    services: Services,
+    job: Job,
+    reason: str,
+    allowed: tuple[JobState, ...],
+    *,
+    attempt: int | None = None,
+) -> bool:
+    """No server could answer in time. Takes the job from the states `allowed` (once, whoever
+    else tries), then ends it: the operator's apology if any, complete, dead letter."""
+    fields: dict[str, Any] = {"state": JobState.ENDING.value, "reason": reason[:2000]}
+    fields["attempts"] = attempts_json(job.attempts)
+    if not services.ledger.transition(job.id, allowed, fields, attempt=attempt):
+        return False
+    end(services, job, reason)
+    return True
+
+
+def end(services: Services, job: Job, reason: str) -> None:
+    """The last of a job that is `ending`: each step is safe to repeat."""
     log.error("job=%s dead: %s", job.id, reason)
     apology = services.settings.apology_text
-    if apology:
-        try:
+    problems = []
+    try:
+        if apology and not services.redis.exists(services.keys.once_reply(job.id)):
             message = Message.model_validate(job.message)
             entity = services.entities.get(job.entity or "")
             if entity is not None:
                 post_reply(services, job, build_reply(entity, message, apology).wire())
-        except Exception:
-            log.exception("job=%s apology could not be posted", job.id)
-    complete(services, job.id)
-    services.ledger.finish(job.id, JobState.DEAD, reason=reason, outcome="dead")
+                services.redis.hset(services.keys.job(job.id), "apology_posted", "1")
+        complete(services, job.id)
+    except QueueError as exc:
+        problems.append(f"the site queue failed while ending it: {exc}")
+        log.error("job=%s could not be completed on the site: %s", job.id, exc)
+    except Exception as exc:  # a bad message must not keep the job from ending
+        problems.append(f"error while ending it: {exc!r}")
+        log.exception("job=%s could not be ended cleanly", job.id)
+    full_reason = "; ".join([reason, *problems])
+    services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome="dead")

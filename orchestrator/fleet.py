@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -16,25 +17,62 @@ log = logging.getLogger(__name__)
 
 # Take a slot only while the server has one free (a job already holding it keeps it), and in
 # the same step record the job as dispatched there: a slot is never taken for a job the ledger
-# does not place on that server.
+# does not place on that server. With an owner given, only a job that bridge holds (claimed or
+# waiting, by its id) may be placed: one taken away meanwhile (given up, moved) answers -1.
 RESERVE_SLOT = """
+if ARGV[3] ~= '' then
+  local state, owner = unpack(redis.call('HMGET', KEYS[2], 'state', 'bridge_id'))
+  if (state ~= 'claimed' and state ~= 'waiting') or owner ~= ARGV[3] then return -1 end
+end
 local held = redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1
 if not held and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 if not held then redis.call('SADD', KEYS[1], ARGV[2]) end
-if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+if #ARGV > 3 then redis.call('HSET', KEYS[2], unpack(ARGV, 4)) end
 return 1
 """
 
-# Every server record with its in-flight count, in one round trip.
+# Redis's clock, then every server record with its in-flight count, measured speeds and
+# breaker, in one round trip. Heartbeats are stamped with Redis's clock too, so a Mac whose
+# clock is off is not taken for silent.
 READ_FLEET = """
-local out = {}
+local now = redis.call('TIME')
+local out = {now[1] .. '.' .. string.format('%06d', now[2])}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGETALL', ARGV[1] .. id)
   out[#out + 1] = redis.call('SCARD', ARGV[2] .. id)
   out[#out + 1] = redis.call('HGETALL', ARGV[3] .. id)
+  out[#out + 1] = redis.call('HGETALL', ARGV[4] .. id)
 end
 return out
+"""
+FIELDS_PER_SERVER = 5
+
+# Free a server's slots held by jobs that no longer hold them (ended, vanished, moved on).
+# KEYS: inflight set. ARGV: job key prefix, server id, event channel.
+RELEASE_LEAKED = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local state, server = unpack(redis.call('HMGET', ARGV[1] .. id, 'state', 'server_id'))
+  if state ~= 'dispatched' or server ~= ARGV[2] then
+    redis.call('SREM', KEYS[1], id)
+    out[#out + 1] = id
+  end
+end
+if #out > 0 then redis.call('PUBLISH', ARGV[3], 'free:' .. ARGV[2]) end
+return out
+"""
+
+# A failure: one more in a row, and a cooldown that doubles with each (circuit breaker).
+# KEYS: breaker. ARGV: now, base cooldown, longest cooldown, event channel, server id.
+RECORD_FAILURE = """
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local cooldown = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ (failures - 1))
+local until = tonumber(ARGV[1]) + cooldown
+redis.call('HSET', KEYS[1], 'until', string.format('%.3f', until))
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('PUBLISH', ARGV[4], 'cool:' .. ARGV[5])
+return tostring(cooldown)
 """
 
 # Each listed server's in-flight count and whether its record is alive, in one step.
@@ -91,10 +129,24 @@ class ServerView:
     worker_version: str = ""
     last_beat: float = 0.0
     speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
+    failures: int = 0  # failed in a row (the circuit breaker)
+    cooling_s: float = 0.0  # left out of routing this much longer
+
+    @property
+    def cooling(self) -> bool:
+        return self.cooling_s > 0
+
+    @property
+    def usable_capacity(self) -> int:
+        """Slots routing may fill: none while cooling; one probe after failures, until a
+        success closes the breaker."""
+        if not (self.online and self.healthy) or self.cooling:
+            return 0
+        return min(self.capacity, 1) if self.failures else self.capacity
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.capacity - self.inflight) if self.online and self.healthy else 0
+        return max(0, self.usable_capacity - self.inflight)
 
 
 def _names(raw: str | None) -> frozenset[str]:
@@ -155,28 +207,78 @@ def speeds_from_latency(fields: dict[str, str]) -> dict[str, ModelSpeed]:
     }
 
 
+def with_breaker(server: ServerView, breaker: dict[str, str], now: float) -> ServerView:
+    if not breaker:
+        return server
+    try:
+        failures = int(breaker.get("failures", "0"))
+        until = float(breaker.get("until", "0"))
+    except ValueError:
+        return server
+    return replace(server, failures=failures, cooling_s=max(0.0, until - now))
+
+
 class Fleet:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, lost_after_s: float = 3.0) -> None:
         self.redis = client
         self.keys = keys
+        self.lost_after_s = lost_after_s
         self._reserve = client.register_script(RESERVE_SLOT)
         self._read = client.register_script(READ_FLEET)
         self._refresh = client.register_script(REFRESH_INFLIGHT)
         self._latency = client.register_script(RECORD_LATENCY)
+        self._failure = client.register_script(RECORD_FAILURE)
+        self._release_leaked = client.register_script(RELEASE_LEAKED)
+
+    def release_leaked(self, server_id: str) -> list[str]:
+        """Free the server's slots held by jobs that no longer hold them; their ids."""
+        freed = self._release_leaked(
+            keys=[self.keys.inflight(server_id)],
+            args=[self.keys.job(""), server_id, self.keys.slot_events],
+        )
+        return texts(freed)
 
     def read(self) -> list[ServerView]:
-        """Every known server, online or not, in one round trip whatever the fleet's size."""
+        """Every known server, online or not, in one round trip whatever the fleet's size.
+        A server whose record is there but whose beats stopped `lost_after_s` ago is offline."""
+        return self.read_at()[1]
+
+    def read_at(self) -> tuple[float, list[ServerView]]:
+        """Redis's clock and the fleet as of it."""
         flat = self._read(
             keys=[self.keys.servers],
-            args=[self.keys.server(""), self.keys.inflight(""), self.keys.latency("")],
+            args=[
+                self.keys.server(""),
+                self.keys.inflight(""),
+                self.keys.latency(""),
+                self.keys.breaker(""),
+            ],
         )
+        now = float(text(flat[0]))
         servers = []
-        for index in range(0, len(flat), 4):
+        for index in range(1, len(flat), FIELDS_PER_SERVER):
             record = pairs_to_dict(flat[index + 1])
             server = server_from_record(text(flat[index]), record, int(flat[index + 2]))
+            if server.online and now - server.last_beat > self.lost_after_s:
+                server = replace(server, online=False)
             speeds = speeds_from_latency(pairs_to_dict(flat[index + 3]))
-            servers.append(replace(server, speeds=speeds) if speeds else server)
-        return sorted(servers, key=lambda server: server.id)
+            if speeds:
+                server = replace(server, speeds=speeds)
+            servers.append(with_breaker(server, pairs_to_dict(flat[index + 4]), now))
+        return now, sorted(servers, key=lambda server: server.id)
+
+    def record_failure(self, server_id: str, base_s: float, longest_s: float) -> float:
+        """One more failure in a row: the server cools down for longer each time. Returns the
+        cooldown in seconds."""
+        cooldown = self._failure(
+            keys=[self.keys.breaker(server_id)],
+            args=[time.time(), base_s, longest_s, self.keys.slot_events, server_id],
+        )
+        return float(text(cooldown))
+
+    def queue_success(self, pipe: redis.client.Pipeline, server_id: str) -> None:
+        """A success closes the server's breaker (added to a caller's pipeline)."""
+        pipe.delete(self.keys.breaker(server_id))
 
     def refresh_inflight(self, servers: list[ServerView]) -> list[ServerView]:
         """The same servers with their in-flight counts read again, and any whose record has
@@ -197,15 +299,21 @@ class Fleet:
         return fresh
 
     def reserve(
-        self, server_id: str, capacity: int, job_id: str, job_fields: dict[str, str] | None = None
-    ) -> bool:
+        self,
+        server_id: str,
+        capacity: int,
+        job_id: str,
+        job_fields: dict[str, str] | None = None,
+        owner: str = "",
+    ) -> int:
         """Atomically take one of the server's slots for a job: never more than `capacity`.
-        `job_fields` are written to the job's ledger entry in the same step."""
+        `job_fields` are written to the job's ledger entry in the same step. 1 taken, 0 full,
+        -1 the job is no longer `owner`'s to place."""
         flat = [item for pair in (job_fields or {}).items() for item in pair]
-        return bool(
+        return int(
             self._reserve(
                 keys=[self.keys.inflight(server_id), self.keys.job(job_id)],
-                args=[capacity, job_id, *flat],
+                args=[capacity, job_id, owner, *flat],
             )
         )
 

@@ -60,12 +60,15 @@ class Decision:
 
 
 def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
-    """Servers that are online, whose Ollama answers, and that have the model installed."""
-    return [
-        server
-        for server in servers
-        if server.online and server.healthy and model in server.models and server.capacity > 0
-    ]
+    """Servers that are online, whose Ollama answers, that are not cooling down after failures,
+    and that have the model installed."""
+    return [server for server in servers if model in server.models and server.usable_capacity > 0]
+
+
+def hosting_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
+    """Online servers with the model, usable now or not (cooling, Ollama away for a moment):
+    a job for the model may wait for one of them."""
+    return [server for server in servers if server.online and model in server.models]
 
 
 def fleet_defaults(servers: list[ServerView], model: str, fallback: SpeedDefaults) -> SpeedDefaults:
@@ -101,9 +104,10 @@ class Planner:
 
     def _slots_of(self, server: ServerView, generate_s: float) -> list[float]:
         if server.id not in self._slots:
-            busy = min(server.inflight, server.capacity)
+            capacity = server.usable_capacity
+            busy = min(server.inflight, capacity)
             # A busy slot frees, on average, halfway through a job like this one.
-            self._slots[server.id] = [0.0] * (server.capacity - busy) + [generate_s / 2] * busy
+            self._slots[server.id] = [0.0] * (capacity - busy) + [generate_s / 2] * busy
             self._loaded[server.id] = set(server.loaded)
             # Ollama does not say how many models fit; a server holds at least what it holds now.
             self._room[server.id] = max(1, len(server.loaded))
@@ -128,7 +132,7 @@ class Planner:
     ) -> Decision:
         able = [server for server in able_servers(self.servers, model) if server.id not in exclude]
         if not able:
-            return Decision(None, f"no online server has model {model}")
+            return unplaceable(self.servers, model)
         typical = fleet_defaults(able, model, self.defaults)
         estimates = sorted(
             (self.estimate(server, model, tokens, typical) for server in able),
@@ -170,11 +174,28 @@ class Planner:
         if self.backlog <= 0:
             return None
         throughput = sum(
-            entry.server.capacity * tokens / entry.generate_s for entry in estimates
+            entry.server.usable_capacity * tokens / entry.generate_s for entry in estimates
         )  # tokens per second of every able slot
         drain_s = (self.backlog + sum(e.server.inflight for e in estimates)) * tokens / throughput
         free = [entry for entry in estimates if entry.wait_s == 0.0 and entry.finish_s <= drain_s]
         return min(free, key=lambda entry: entry.finish_s) if free else None
+
+
+def unplaceable(servers: Iterable[ServerView], model: str) -> Decision:
+    """No usable server: wait when one that has the model may come back, else say so."""
+    hosts = hosting_servers(servers, model)
+    if not hosts:
+        return Decision(None, f"no online server has model {model}")
+    states = ", ".join(f"{server.id} {standing(server)}" for server in hosts[:4])
+    return Decision(None, f"waits for a usable server with {model} ({states})", wait=True)
+
+
+def standing(server: ServerView) -> str:
+    if server.cooling:
+        return f"cooling {server.cooling_s:.1f}s"
+    if not server.healthy:
+        return "ollama not answering"
+    return "probing"
 
 
 def estimate(

@@ -40,7 +40,7 @@ class Services:
             redis=client,
             keys=keys,
             ledger=Ledger(client, keys),
-            fleet=Fleet(client, keys),
+            fleet=Fleet(client, keys, lost_after_s=settings.server_lost_after_s),
             queue=SiteQueueClient(
                 settings.queue_url,
                 settings.queue_token_value(),

@@ -46,6 +46,36 @@ class Settings(CelerySettings):
     apology_text: str | None = Field(
         default=None, description="Reply posted when every attempt failed; none when unset"
     )
+    retry_backoff_s: float = Field(
+        default=0.1, ge=0, description="Failover: pause before the second attempt, doubling after"
+    )
+    retry_backoff_max_s: float = Field(
+        default=5.0, ge=0, description="Failover: longest pause between attempts"
+    )
+    cooldown_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="A failing server is left out this long, doubling per failure",
+    )
+    cooldown_max_s: float = Field(default=60.0, ge=0, description="Longest cooldown of a server")
+    server_lost_after_s: float = Field(
+        default=3.0, gt=0, description="A server silent this long is lost: its jobs go elsewhere"
+    )
+    delivery_stall_s: float = Field(
+        default=20.0, gt=0, description="A result not delivered within this is delivered again"
+    )
+    bridge_lost_after_s: float = Field(
+        default=10.0, gt=0, description="A bridge silent this long: its waiting jobs go to others"
+    )
+    recover_interval_s: float = Field(
+        default=30.0, gt=0, description="Beat: how often to look for claims missing from the ledger"
+    )
+    recover_after_s: float = Field(
+        default=30.0, ge=0, description="Recovery takes back a claim only once it is this old"
+    )
+    recover_window_s: float = Field(
+        default=86400.0, gt=0, description="Recovery looks at site messages this recent"
+    )
     claim_idle_s: float = Field(
         default=0.5, gt=0, description="Wait before asking an empty queue again"
     )

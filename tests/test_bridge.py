@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None
             "models": json.dumps(["llama3.2:3b"]),
             "loaded": "[]",
             "ollama_healthy": "1",
+            "last_beat": str(time.time()),
         },
     )
     services.redis.sadd(services.keys.servers, "mac-1")

@@ -68,6 +68,9 @@ def test_procfile_runs_the_orchestrator_host() -> None:
 )
 def test_compose_file_is_valid() -> None:
     command = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("docker has no compose plugin here")
     env = {
         **os.environ,
         "REDIS_PASSWORD": "pw",
@@ -77,6 +80,4 @@ def test_compose_file_is_valid() -> None:
     result = subprocess.run(
         [*command, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    if "unknown command" in result.stderr:
-        pytest.skip("docker has no compose plugin here")
     assert result.returncode == 0, result.stderr

@@ -25,15 +25,19 @@ log = logging.getLogger(__name__)
 SYSTEM_QUEUES = {"celery", "control"}
 
 
-def server_record(rt: WorkerRuntime, capacity: int) -> dict[str, str]:
-    """Ask Ollama what it has, and describe this server as the fleet registry stores it."""
+def server_record(
+    rt: WorkerRuntime, capacity: int, known_models: list[str] | None = None
+) -> dict[str, str]:
+    """Ask Ollama what it has, and describe this server as the fleet registry stores it. While
+    Ollama does not answer, the models it last listed stay in the record (marked unhealthy),
+    so work for them waits for it rather than being given up."""
     try:
         installed = rt.ollama.installed_models()
         loaded = rt.ollama.loaded_models()
         healthy = True
     except OllamaError as exc:
         log.debug("server=%s ollama not answering: %s", rt.server_id, exc)
-        installed, loaded, healthy = [], [], False
+        installed, loaded, healthy = list(known_models or []), [], False
     settings = rt.settings
     return {
         "id": rt.server_id,
@@ -46,7 +50,6 @@ def server_record(rt: WorkerRuntime, capacity: int) -> dict[str, str]:
         "loaded": json.dumps(loaded),
         "ollama_healthy": "1" if healthy else "0",
         "worker_version": __version__,
-        "last_beat": f"{time.time():.3f}",
     }
 
 
@@ -57,17 +60,23 @@ class HeartbeatThread(threading.Thread):
         self.capacity = capacity
         self.stopping = threading.Event()
         self._was_healthy: bool | None = None
+        self._models: list[str] = []
 
     def beat(self) -> None:
-        record = server_record(self.rt, self.capacity)
+        record = server_record(self.rt, self.capacity, self._models)
+        self._models = json.loads(record["models"])
         keys = self.rt.keys
         ttl_ms = int(self.rt.settings.heartbeat_ttl_s * 1000)
+        # Stamped with Redis's clock, which every reader shares, not this Mac's.
+        seconds, micros = self.rt.redis.time()
+        now = seconds + micros / 1e6
+        record["last_beat"] = f"{now:.3f}"
         pipe = self.rt.redis.pipeline(transaction=True)
         mapping: dict[Any, Any] = record
         pipe.hset(keys.server(self.rt.server_id), mapping=mapping)
         pipe.pexpire(keys.server(self.rt.server_id), ttl_ms)
         pipe.sadd(keys.servers, self.rt.server_id)
-        pipe.zadd(keys.last_seen, {self.rt.server_id: float(record["last_beat"])})
+        pipe.zadd(keys.last_seen, {self.rt.server_id: now})
         pipe.execute()
         healthy = record["ollama_healthy"] == "1"
         if healthy != self._was_healthy:

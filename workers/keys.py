@@ -30,6 +30,16 @@ class Keys:
         """Set of job ids running on a server: a set, not a counter, so it cannot drift."""
         return f"{self.prefix}:inflight:{server_id}"
 
+    def breaker(self, server_id: str) -> str:
+        """Hash: a server's failures in a row and when its cooldown ends (circuit breaker)."""
+        return f"{self.prefix}:breaker:{server_id}"
+
+    @property
+    def lost_servers(self) -> str:
+        """Set of servers whose jobs were moved away when they stopped beating: their queues
+        are purged of stale attempts when they come back."""
+        return f"{self.prefix}:servers:lost"
+
     def latency(self, server_id: str) -> str:
         """Hash of per-model moving averages for a server (generation ms, tokens per second)."""
         return f"{self.prefix}:latency:{server_id}"
@@ -43,6 +53,11 @@ class Keys:
     def active_jobs(self) -> str:
         """Sorted set of job ids by deadline: what the sweep walks."""
         return f"{self.prefix}:jobs:active"
+
+    @property
+    def retry_jobs(self) -> str:
+        """Sorted set of job ids by the time they may be placed again (failover, recovery)."""
+        return f"{self.prefix}:jobs:retry"
 
     @property
     def dead_letters(self) -> str:
@@ -68,9 +83,22 @@ class Keys:
         """Pub/sub channel: a slot was freed or a server appeared; the bridge wakes on it."""
         return f"{self.prefix}:events:slots"
 
+    def bridge(self, bridge_id: str) -> str:
+        """String with TTL: this bridge is alive (it holds waiting jobs in memory)."""
+        return f"{self.prefix}:bridge:{bridge_id}"
+
+    @property
+    def bridges(self) -> str:
+        """Set of bridge ids ever seen, so recovery knows whose claims on the site are ours."""
+        return f"{self.prefix}:bridges"
+
     @property
     def beat_lock(self) -> str:
         return f"{self.prefix}:lock:beat"
+
+    @property
+    def recover_lock(self) -> str:
+        return f"{self.prefix}:lock:recover"
 
     @property
     def counters(self) -> str:

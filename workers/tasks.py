@@ -16,6 +16,30 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+# Keep the result in the job's ledger entry while the attempt is still current, so that a
+# control worker lost before delivering it does not lose it: the sweep delivers it again.
+STORE_RESULT = """
+local attempt, state = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state'))
+if attempt ~= ARGV[1] or state ~= 'dispatched' then return 0 end
+redis.call('HSET', KEYS[1], 'result', ARGV[2], 'result_at', ARGV[3])
+return 1
+"""
+
+
+def keep_result(rt: WorkerRuntime, result: GenerateResult) -> None:
+    try:
+        rt.redis.eval(
+            STORE_RESULT,
+            1,
+            rt.keys.job(result.job_id),
+            result.attempt,
+            result.model_dump_json(),
+            f"{result.finished_at:.3f}",
+        )
+    except redis.RedisError as exc:
+        # The result still travels to delivery through Celery.
+        log.warning("job=%s server=%s result not kept: %s", result.job_id, rt.server_id, exc)
+
 
 def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
     """True when the ledger has moved on: a later attempt, or the job already finished."""
@@ -69,7 +93,7 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
         reply.ok,
         (finished_at - started_at) * 1000,
     )
-    return GenerateResult(
+    result = GenerateResult(
         job_id=job.job_id,
         attempt=job.attempt,
         server_id=rt.server_id,
@@ -77,7 +101,10 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
         eq=eq,
         started_at=started_at,
         finished_at=finished_at,
-    ).model_dump(mode="json")
+    )
+    if reply.ok:
+        keep_result(rt, result)
+    return result.model_dump(mode="json")
 
 
 def register(app: Celery) -> None:
