@@ -145,10 +145,8 @@ class LocalStack:
             "--port", str(self.queue_port), "--db", str(self.work_dir / "queue.sqlite3"),
         )  # fmt: skip
         self._start("queue", queue_argv, self.env())
-        sim_argv = python_command("-m", "orchestrator", "sim")
         for spec in self.specs:
-            sim_argv += ["--server", spec_argument(spec)]
-        self._start("sim", sim_argv, self.env())
+            self.start_sim(spec.name, wait=False)
         self.wait_http(f"{self.queue_url}/api/admin/stats", auth=True)
         for spec in self.specs:
             self.wait_http(f"{self.sim_url(spec.name)}/api/version")
@@ -160,6 +158,16 @@ class LocalStack:
             self.start_bridge(index)
         self.wait_online([spec.name for spec in self.specs])
         return self
+
+    def start_sim(self, server_id: str, *, wait: bool = True) -> ManagedProcess:
+        """One simulated Ollama per process, as each Mac has its own: stopping it refuses
+        connections on its port until it starts again on the same port."""
+        spec = next(spec for spec in self.specs if spec.name == server_id)
+        argv = python_command("-m", "orchestrator", "sim", "--server", spec_argument(spec))
+        process = self._start(f"sim-{server_id}", argv, self.env())
+        if wait:
+            self.wait_http(f"{self.sim_url(server_id)}/api/version")
+        return process
 
     def start_worker(self, server_id: str, *, wait: bool = True) -> ManagedProcess:
         spec = next(spec for spec in self.specs if spec.name == server_id)
