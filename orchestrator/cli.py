@@ -16,6 +16,11 @@ from orchestrator.settings import load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 queue_app = typer.Typer(no_args_is_help=True, help="The local site queue.")
 app.add_typer(queue_app, name="queue")
+jobs_app = typer.Typer(
+    invoke_without_command=True,
+    help="In-flight jobs and dead letters (`jobs` alone lists them): list, show, retry, drop.",
+)
+app.add_typer(jobs_app, name="jobs")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="TOML settings file (else OLLAMA_CLOUD_CONFIG)")
@@ -103,6 +108,73 @@ def status(
                     live.update(status_table(read_status(client, keys)), refresh=True)
     finally:
         client.close()
+
+
+RedisUrl = Annotated[str | None, typer.Option(help="Redis URL")]
+JobId = Annotated[str, typer.Argument(help="The job's id (the site message's id)")]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object, for scripts")]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="Show at most N of each list")]
+
+
+@jobs_app.callback()
+def jobs_main(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    redis_url: RedisUrl = None,
+    as_json: AsJson = False,
+    limit: Limit = 50,
+) -> None:
+    """In-flight jobs and dead letters: `jobs` alone lists them (as `jobs list`)."""
+    if ctx.invoked_subcommand is None:
+        jobs_list(config, redis_url, as_json, limit)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = None,
+    redis_url: RedisUrl = None,
+    as_json: AsJson = False,
+    limit: Limit = 50,
+) -> None:
+    """Active jobs (state, attempt, server, age, deadline, last error) and dead letters."""
+    from orchestrator.jobs import list_command  # noqa: PLC0415
+
+    settings = load_settings(config, redis_url=redis_url)
+    raise typer.Exit(list_command(settings, limit=limit, as_json=as_json))
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: JobId, config: ConfigOption = None, redis_url: RedisUrl = None, as_json: AsJson = False
+) -> None:
+    """One job whole: its fields, its message, every attempt."""
+    from orchestrator.jobs import show_command  # noqa: PLC0415
+
+    settings = load_settings(config, redis_url=redis_url)
+    raise typer.Exit(show_command(settings, job_id, as_json=as_json))
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: JobId, config: ConfigOption = None, redis_url: RedisUrl = None) -> None:
+    """Place a dead letter again: its failures forgiven, a new deadline, any server."""
+    from orchestrator.jobs import retry_command  # noqa: PLC0415
+
+    settings = load_settings(config, redis_url=redis_url)
+    raise typer.Exit(retry_command(settings, job_id))
+
+
+@jobs_app.command("drop")
+def jobs_drop(
+    job_id: JobId,
+    config: ConfigOption = None,
+    redis_url: RedisUrl = None,
+    queue_url: Annotated[str | None, typer.Option(help="The site queue's URL")] = None,
+) -> None:
+    """End an active or dead job without a reply, and complete it on the site."""
+    from orchestrator.jobs import drop_command  # noqa: PLC0415
+
+    settings = load_settings(config, redis_url=redis_url, queue_url=queue_url)
+    raise typer.Exit(drop_command(settings, job_id))
 
 
 @queue_app.command("serve")

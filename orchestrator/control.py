@@ -40,9 +40,9 @@ SWEEP_FIELDS = (
 def deliver_task(self: Task, payload: dict[str, Any]) -> str:
     try:
         return deliver_result(process_services(), payload)
-    except (QueueUnreachable, QueueServerError) as exc:
-        # Brief, growing pauses: the site queue blinks, it rarely stays away. After the last
-        # retry the result stays in the ledger and the sweep delivers it again later.
+    except (QueueUnreachable, QueueServerError, redis.RedisError) as exc:
+        # Brief, growing pauses: the site queue or Redis blinks, it rarely stays away. After
+        # the last retry the result stays in the ledger and the sweep delivers it again later.
         countdown = min(10.0, 0.2 * 2**self.request.retries)
         log.warning("job=%s delivery retry in %.1fs: %s", payload.get("job_id"), countdown, exc)
         raise self.retry(exc=exc, countdown=countdown, max_retries=DELIVERY_RETRIES) from exc

@@ -43,3 +43,7 @@ class BadQueueAnswer(QueueError):
 
 class EntityError(Exception):
     """An entity file that cannot be loaded."""
+
+
+class JobRefused(Exception):
+    """An operator's action on a job that its state does not allow (unknown, not dead, ended)."""

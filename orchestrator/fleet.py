@@ -68,8 +68,8 @@ return out
 RECORD_FAILURE = """
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local cooldown = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ (failures - 1))
-local until = tonumber(ARGV[1]) + cooldown
-redis.call('HSET', KEYS[1], 'until', string.format('%.3f', until))
+local ends = tonumber(ARGV[1]) + cooldown
+redis.call('HSET', KEYS[1], 'until', string.format('%.3f', ends))
 redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('PUBLISH', ARGV[4], 'cool:' .. ARGV[5])
 return tostring(cooldown)

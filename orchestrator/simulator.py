@@ -788,7 +788,8 @@ class SimulatedOllama:
             )
             raise injected
         await self.hang_if_told(request)
-        num_ctx = min(ask.num_ctx or self.spec.context_length, MAX_NUM_CTX)
+        # A larger num_ctx than the model was trained for is clamped to it, as Ollama does.
+        num_ctx = min(ask.num_ctx or self.spec.context_length, self.spec.context_length)
         if ask.num_ctx is not None and ask.num_ctx <= 0:
             num_ctx = self.spec.context_length
         if ask.prompt_tokens + ask.num_predict > num_ctx:

@@ -102,8 +102,7 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
         started_at=started_at,
         finished_at=finished_at,
     )
-    if reply.ok:
-        keep_result(rt, result)
+    keep_result(rt, result)
     return result.model_dump(mode="json")
 
 

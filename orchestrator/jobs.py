@@ -1,0 +1,407 @@
+"""`ollama-cloud jobs`: the ledger's in-flight jobs and dead letters, and an operator's two
+levers on them: place a dead letter again (`retry`), or end a job without a reply (`drop`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.errors import JobRefused, MessageGone, QueueError
+from orchestrator.ledger import Job, JobState, Ledger, job_from_hash
+from orchestrator.queue_client import SiteQueueClient
+from orchestrator.redis_client import connect
+from orchestrator.settings import Settings
+from orchestrator.status import age
+from workers.keys import Keys
+
+DROP_REASON = "dropped by the operator"
+DROP_OUTCOME = "dropped"  # its own counter, so status tells drops from the bridge's rejections
+TEXT_CHARS = 200
+ERROR_CHARS = 80
+# Every state but a reply or a rejection: a dead letter too may be dropped.
+DROPPABLE = tuple(state for state in JobState if state not in {JobState.DONE, JobState.REJECTED})
+
+
+# Reading ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActiveRow:
+    id: str
+    state: str
+    attempt: int
+    server_id: str | None
+    entity: str | None
+    age_s: float
+    deadline_in_s: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class DeadRow:
+    id: str
+    entity: str | None
+    finished_at: float | None
+    reason: str | None
+    apology_posted: bool  # an apology took the reply's place: `retry` would be refused
+    attempts: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class JobsReport:
+    active: list[ActiveRow]
+    dead: list[DeadRow]
+    active_total: int
+    dead_total: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "active": [asdict(row) for row in self.active],
+            "dead": [asdict(row) for row in self.dead],
+        }
+
+
+def last_error(job: Job) -> str | None:
+    if not job.attempts:
+        return None
+    entry = job.attempts[-1]
+    return f"{entry.error_kind}: {entry.error or ''}".strip()
+
+
+def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
+    """The active jobs, soonest deadline first, and the dead letters, newest first: `limit` of
+    each."""
+    keys = ledger.keys
+    pipe = ledger.redis.pipeline(transaction=False)
+    pipe.zrange(keys.active_jobs, 0, limit - 1)
+    pipe.lrange(keys.dead_letters, 0, limit - 1)
+    pipe.zcard(keys.active_jobs)
+    pipe.llen(keys.dead_letters)
+    active_ids, dead_ids, active_total, dead_total = pipe.execute()
+    now = time.time()
+    active = [
+        ActiveRow(
+            id=job.id,
+            state=job.state.value,
+            attempt=job.attempt,
+            server_id=job.server_id,
+            entity=job.entity,
+            age_s=round(max(0.0, now - job.claimed_at), 3),
+            deadline_in_s=round(job.deadline - now, 3),
+            last_error=last_error(job),
+        )
+        for job in ledger.get_many(active_ids)
+    ]
+    dead = [
+        DeadRow(
+            id=job.id,
+            entity=job.entity,
+            finished_at=job.finished_at,
+            reason=job.reason,
+            apology_posted=job.apology_posted,
+            attempts=[entry.model_dump() for entry in job.attempts],
+        )
+        for job in ledger.get_many(dead_ids)
+    ]
+    return JobsReport(active, dead, int(active_total), int(dead_total))
+
+
+# Acting -----------------------------------------------------------------------------------------
+
+
+def unknown(job_id: str) -> JobRefused:
+    return JobRefused(f"no job {job_id!r} in the ledger")
+
+
+def retry_dead(ledger: Ledger, job_id: str, deadline_s: float) -> Job:
+    """Place a dead letter again, on any server, with its failures so far forgiven and a new
+    deadline. Refused unless the job is dead and no apology took its reply's place."""
+    job = dead_letter(job_id, ledger.get(job_id))
+    keys = ledger.keys
+    now = time.time()
+    deadline = round(now + deadline_s, 3)
+
+    def reindex(pipe: redis.client.Pipeline) -> None:
+        # Watched: applied only while the job is still this dead letter, so a concurrent drop
+        # (which moves it out of `dead` first) never finds it back in the active set.
+        dead_letter(job_id, ledger_job(pipe, keys, job_id))
+        pipe.multi()
+        pipe.zadd(keys.active_jobs, {job_id: deadline})
+        pipe.zrem(keys.finished_jobs, job_id)
+        pipe.lrem(keys.dead_letters, 0, job_id)
+        pipe.hdel(keys.job(job_id), "finished_at", "outcome")
+
+    ledger.redis.transaction(reindex, keys.job(job_id))
+    fields = {
+        "state": JobState.RETRYING.value,
+        "bridge_id": "",
+        "attempts_from": len(job.attempts),
+        "deadline": deadline,
+        "reason": "",
+    }
+    if not ledger.transition(job_id, (JobState.DEAD,), fields, retry_at=now):
+        raise JobRefused(f"job {job_id!r} was changed by someone else meanwhile: look again")
+    return ledger.get(job_id) or job
+
+
+def ledger_job(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> Job | None:
+    """The job as a watching pipeline reads it (before `multi`, commands run at once)."""
+    fields: dict[str, str] = pipe.hgetall(keys.job(job_id))  # type: ignore[assignment]
+    return job_from_hash(fields) if fields and "state" in fields else None
+
+
+def dead_letter(job_id: str, job: Job | None) -> Job:
+    """The job, if it may be retried; else the reason why not."""
+    if job is None:
+        raise unknown(job_id)
+    if job.state is not JobState.DEAD:
+        raise JobRefused(
+            f"job {job_id!r} is {job.state.value}, not dead: only a dead letter can be retried"
+        )
+    if job.apology_posted:
+        raise JobRefused(
+            f"job {job_id!r} cannot be retried: an apology was posted as its reply, "
+            "so the site would refuse an answer"
+        )
+    return job
+
+
+@dataclass(frozen=True)
+class Dropped:
+    job: Job  # as it was before the drop
+    site: str  # "completed", "gone" (the site queue no longer had it) or "failed"
+    queue_error: str | None = None
+
+
+def drop_job(ledger: Ledger, queue: SiteQueueClient, job_id: str) -> Dropped:
+    """End an active or dead job without a reply: its slot freed, out of the retry set and the
+    dead letters, rejected in the ledger, completed on the site. Refused for unknown or already
+    answered or rejected jobs. A site queue error is reported, the drop stands."""
+    job = ledger.get(job_id)
+    if job is None:
+        raise unknown(job_id)
+    if job.state not in DROPPABLE:
+        raise JobRefused(f"job {job_id!r} has already ended ({job.state.value}): nothing to drop")
+    # Out of its state first, in one guarded step: a dispatched job's slot is freed, and no
+    # delivery, sweep or bridge acts on it after this.
+    moved = ledger.transition(
+        job_id, DROPPABLE, {"state": JobState.ENDING.value, "reason": DROP_REASON}
+    )
+    if not moved:
+        raise JobRefused(f"job {job_id!r} ended meanwhile: nothing to drop")
+    pipe = ledger.redis.pipeline(transaction=True)
+    ledger.queue_finish(pipe, job_id, JobState.REJECTED, reason=DROP_REASON, outcome=DROP_OUTCOME)
+    pipe.lrem(ledger.keys.dead_letters, 0, job_id)
+    pipe.execute()
+    try:
+        queue.complete(job_id)
+    except MessageGone:
+        return Dropped(job, "gone")
+    except QueueError as exc:
+        return Dropped(job, "failed", str(exc))
+    return Dropped(job, "completed")
+
+
+# Showing ----------------------------------------------------------------------------------------
+
+
+def span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def deadline_in(seconds: float) -> Text:
+    if seconds < 0:
+        return Text(f"overdue {span(seconds)}", style="red")
+    return Text(span(seconds))
+
+
+def shorten(value: str | None, chars: int) -> str:
+    if not value:
+        return "-"
+    flat = " ".join(value.split())
+    return flat if len(flat) <= chars else flat[: chars - 1] + "…"
+
+
+def attempt_line(entry: dict[str, Any]) -> str:
+    error = f"{entry['error_kind']}: {entry['error'] or ''}".strip()
+    return f"#{entry['attempt']} {entry['server_id']}: {shorten(error, ERROR_CHARS)}"
+
+
+def jobs_tables(report: JobsReport) -> Group:
+    active = Table(title="in-flight jobs", title_justify="left")
+    for column in ("job", "state", "attempt", "server", "entity", "age", "deadline in"):
+        active.add_column(column, no_wrap=column != "job")
+    active.add_column("last error")
+    for row in report.active:
+        active.add_row(
+            Text(row.id),
+            row.state,
+            str(row.attempt),
+            Text(row.server_id or "-"),
+            Text(row.entity or "-"),
+            span(row.age_s),
+            deadline_in(row.deadline_in_s),
+            Text(shorten(row.last_error, ERROR_CHARS)),
+        )
+    active.caption = f"{len(report.active)} of {report.active_total} active jobs"
+    dead = Table(title="dead letters", title_justify="left")
+    for column in ("job", "entity", "when", "reason", "attempts"):
+        dead.add_column(column, no_wrap=column in {"entity", "when"})
+    now = time.time()
+    for entry in report.dead:
+        dead.add_row(
+            Text(entry.id),
+            Text(entry.entity or "-"),
+            age(now - entry.finished_at) if entry.finished_at else "-",
+            Text(shorten(entry.reason, 120)),
+            Text("\n".join(attempt_line(item) for item in entry.attempts) or "none"),
+        )
+    dead.caption = f"{len(report.dead)} of {report.dead_total} dead letters"
+    return Group(active, Text(""), dead)
+
+
+def job_view(job: Job) -> Group:
+    now = time.time()
+
+    def ago(stamp: float | None) -> str:
+        return age(now - stamp) if stamp else "-"
+
+    text = job.message.get("text")
+    fields = Table(title=f"job {job.id}", title_justify="left", show_header=False)
+    fields.add_column("field", style="bold", no_wrap=True)
+    fields.add_column("value")
+    rows: list[tuple[str, str | Text]] = [
+        ("state", job.state.value),
+        ("attempt", str(job.attempt)),
+        ("server", job.server_id or "-"),
+        ("bridge", job.bridge_id or "-"),
+        ("entity", f"{job.entity or '-'} ({job.model or 'model not chosen yet'})"),
+        ("priority", str(job.priority)),
+        ("from", str(job.message.get("username") or "-")),
+        ("text", shorten(text if isinstance(text, str) else None, TEXT_CHARS)),
+        ("claimed", ago(job.claimed_at)),
+        ("dispatched", ago(job.dispatched_at)),
+        ("deadline", "-" if job.state.finished else deadline_in(job.deadline - now)),
+        ("finished", ago(job.finished_at)),
+        ("outcome", job.outcome or "-"),
+        ("reason", job.reason or "-"),
+        ("history cut", f"{job.trim} times"),
+        ("apology", "posted" if job.apology_posted else "no"),
+        ("result kept", "yes" if job.result else "no"),
+    ]
+    for name, value in rows:
+        fields.add_row(name, value if isinstance(value, Text) else Text(value))
+    attempts = Table(title="attempts", title_justify="left")
+    for column in ("#", "server", "error", "when", ""):
+        attempts.add_column(column)
+    for index, entry in enumerate(job.attempts):
+        attempts.add_row(
+            str(entry.attempt),
+            Text(entry.server_id),
+            Text(f"{entry.error_kind}: {entry.error or ''}".strip()),
+            ago(entry.at),
+            "forgiven" if index < job.attempts_from else "",
+        )
+    if not job.attempts:
+        attempts.caption = "no attempt has failed"
+    return Group(fields, Text(""), attempts)
+
+
+# The commands (the CLI parses flags and calls these) --------------------------------------------
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    return Ledger(connect(settings.redis_url), Keys(settings.key_prefix))
+
+
+def refusal(message: str) -> int:
+    Console(stderr=True).print(Text(message, style="red"))
+    return 1
+
+
+def list_command(settings: Settings, *, limit: int, as_json: bool) -> int:
+    ledger = open_ledger(settings)
+    try:
+        report = read_jobs(ledger, limit)
+    finally:
+        ledger.redis.close()
+    if as_json:
+        print(json.dumps(report.as_json()))
+    else:
+        Console().print(jobs_tables(report))
+    return 0
+
+
+def show_command(settings: Settings, job_id: str, *, as_json: bool) -> int:
+    ledger = open_ledger(settings)
+    try:
+        job = ledger.get(job_id)
+    finally:
+        ledger.redis.close()
+    if job is None:
+        return refusal(str(unknown(job_id)))
+    if as_json:
+        print(json.dumps(job.model_dump(mode="json"), ensure_ascii=False))
+    else:
+        Console().print(job_view(job))
+    return 0
+
+
+def retry_command(settings: Settings, job_id: str) -> int:
+    ledger = open_ledger(settings)
+    try:
+        job = retry_dead(ledger, job_id, settings.job_deadline_s)
+    except JobRefused as exc:
+        return refusal(str(exc))
+    finally:
+        ledger.redis.close()
+    Console().print(
+        Text(
+            f"job {job.id} queued again for any bridge: attempt {job.attempt + 1} next, "
+            f"{job.attempts_from} earlier failures forgiven, deadline in "
+            f"{span(settings.job_deadline_s)}"
+        )
+    )
+    return 0
+
+
+def drop_command(settings: Settings, job_id: str) -> int:
+    ledger = open_ledger(settings)
+    queue = SiteQueueClient(
+        settings.queue_url, settings.queue_token_value(), timeout=settings.queue_timeout_s
+    )
+    try:
+        dropped = drop_job(ledger, queue, job_id)
+    except JobRefused as exc:
+        return refusal(str(exc))
+    finally:
+        queue.close()
+        ledger.redis.close()
+    was = dropped.job.state.value
+    if dropped.site == "failed":
+        Console(stderr=True).print(
+            Text(
+                f"job {job_id} dropped (was {was}), but the site queue did not complete it: "
+                f"{dropped.queue_error}",
+                style="yellow",
+            )
+        )
+        return 0
+    site = "completed on the site" if dropped.site == "completed" else "already gone from the site"
+    note = ""
+    if dropped.job.state is JobState.DELIVERING:
+        note = "; its result was being delivered, so a reply may still appear"
+    Console().print(Text(f"job {job_id} dropped (was {was}): {site}{note}"))
+    return 0

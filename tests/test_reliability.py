@@ -1,0 +1,299 @@
+"""Whatever fails, every message ends in exactly one reply or a recorded reason, with real
+processes: a server that errors or refuses, a context overflow, a worker killed mid-job, a
+bridge killed before or after its ledger write, the control worker killed, Redis restarted,
+the site queue away or emptied. Outcomes are counted on the queue itself."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.ledger import Job, JobState, Ledger
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.simulator import SimServerSpec
+from orchestrator.stack import LocalStack
+from orchestrator.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+BOTH = ["llama3.2:3b", "qwen2.5:7b"]
+CONTEXT_LENGTH = 6000  # under the entities' 8192, so a long history overflows the server
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    servers = [
+        SimServerSpec(name=name, models=BOTH, loaded=BOTH, tokens_per_second=400, parallel=2,
+                      context_length=CONTEXT_LENGTH)
+        for name in ("a", "b")
+    ]  # fmt: skip
+    env = {
+        "OLLAMA_CLOUD_DELIVERY_STALL_S": "2",
+        "OLLAMA_CLOUD_RECOVER_INTERVAL_S": "1",
+        "OLLAMA_CLOUD_RECOVER_AFTER_S": "1",
+        "OLLAMA_CLOUD_BRIDGE_LOST_AFTER_S": "3",
+        "OLLAMA_CLOUD_COOLDOWN_S": "1",
+    }
+    # `a` wins ties, so the first job of a test goes there.
+    worker_env = {"a": {"OLLAMA_CLOUD_PRIORITY": "1"}}
+    with LocalStack(servers, extra_env=env, worker_env=worker_env, bridges=2) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def healthy_fleet(stack: LocalStack) -> Iterator[None]:
+    """Each test starts with every part running, no fault armed and no breaker open."""
+    yield
+    for spec in stack.specs:
+        if not stack.processes[f"sim-{spec.name}"].running:
+            stack.start_sim(spec.name)
+        httpx.post(f"{stack.sim_url(spec.name)}/sim/faults", json={"clear": True})
+    for name in ("queue", "control", "bridge", "bridge-2"):
+        if not stack.processes[name].running:
+            restart(stack, name)
+    for spec in stack.specs:
+        if not stack.processes[f"worker-{spec.name}"].running:
+            stack.start_worker(spec.name, wait=False)
+    stack.wait_online([spec.name for spec in stack.specs])
+    for spec in stack.specs:
+        stack.redis.delete(stack.keys.breaker(spec.name))
+
+
+def restart(stack: LocalStack, name: str) -> None:
+    if name == "control":
+        stack.start_control()
+    elif name.startswith("bridge"):
+        stack.start_bridge(0 if name == "bridge" else int(name.rsplit("-", 1)[1]) - 1)
+    else:
+        stack.processes[name].start()
+        if name == "queue":
+            stack.wait_http(f"{stack.queue_url}/api/admin/stats", auth=True)
+
+
+_ids = itertools.count()
+
+
+def post(
+    stack: LocalStack, count: int, *, context: list[str] | None = None, entity: str | None = None
+) -> list[str]:
+    ids = []
+    with stack.queue_client() as queue:
+        for _ in range(count):
+            message_id = f"rel-{next(_ids)}"
+            entity = entity or ("the-eternal" if len(ids) % 2 else "the-critic")
+            queue.post_comment(
+                NewMessage(
+                    id=message_id,
+                    text=f"question {message_id}",
+                    username="ada",
+                    color="080150227",
+                    context=context or ["bo: hello", "ada: hi bo"],
+                    botParams=BotParams(entity=entity, humanUsername="ada"),
+                )
+            )
+            ids.append(message_id)
+    return ids
+
+
+def jobs(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
+    return {job.id: job for job in Ledger(stack.redis, stack.keys).get_many(ids)}
+
+
+def wait_finished(stack: LocalStack, ids: list[str], timeout: float = 60) -> dict[str, Job]:
+    def finished() -> dict[str, Job] | None:
+        stack.check_alive()
+        known = jobs(stack, ids)
+        done = len(known) == len(ids) and all(job.state.finished for job in known.values())
+        return known if done else None
+
+    return wait_for(finished, timeout, interval=0.05, what=f"{len(ids)} jobs finished")
+
+
+def comments(stack: LocalStack) -> dict[str, dict[str, Any]]:
+    with stack.queue_client() as queue:
+        return {str(comment["id"]): comment for comment in queue.comments_after(0)}
+
+
+def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
+    """Every message: one reply, completed on the site, answered in the ledger; EQ once."""
+    finished = wait_finished(stack, ids)
+    everything = comments(stack)
+    replies = Counter(
+        str(c.get("replyTo")) for c in everything.values() if c.get("message-type") == "AI"
+    )
+    assert {message_id: replies[message_id] for message_id in ids} == dict.fromkeys(ids, 1)
+    assert {message_id: everything[message_id]["botParams"]["status"] for message_id in ids} == (
+        dict.fromkeys(ids, "complete")
+    )
+    assert {job.id: job.outcome for job in finished.values()} == dict.fromkeys(ids, "answered")
+    # The simulated scorer answers `Score: N` with N in 1..100: applied once, not twice.
+    assert all(1 <= everything[message_id].get("eqScore", 0) <= 100 for message_id in ids)
+    return finished
+
+
+def sim_stats(stack: LocalStack, server: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{stack.sim_url(server)}/sim/stats").json()
+    return answer
+
+
+def test_a_failing_server_is_routed_around_and_cools_down(stack: LocalStack) -> None:
+    httpx.post(f"{stack.sim_url('a')}/sim/faults", json={"fail_next": 1000, "status": 500})
+    ids = post(stack, 6)
+    finished = assert_answered_once(stack, ids)
+    assert {job.server_id for job in finished.values()} == {"b"}
+    failed_on_a = [job for job in finished.values() if job.attempts]
+    assert failed_on_a, "the first job should have gone to `a` (it wins ties) and failed there"
+    for job in failed_on_a:
+        assert [(entry.server_id, entry.error_kind) for entry in job.attempts] == [
+            ("a", "server_error")
+        ]
+    breaker = stack.redis.hgetall(stack.keys.breaker("a"))
+    assert int(breaker["failures"]) >= 1
+
+
+def test_a_server_refusing_connections_is_routed_around(stack: LocalStack) -> None:
+    stack.processes["sim-a"].stop()
+    ids = post(stack, 4)
+    finished = assert_answered_once(stack, ids)
+    assert {job.server_id for job in finished.values()} == {"b"}
+    kinds = {entry.error_kind for job in finished.values() for entry in job.attempts}
+    assert kinds <= {"unavailable"}
+
+
+def test_a_context_overflow_is_retried_once_with_less_history(stack: LocalStack) -> None:
+    # 50 lines of 600 characters fit the entity's budget but not the servers' context.
+    context = [f"{'ada' if n % 2 else 'bo'}: {'words ' * 100}" for n in range(50)]
+    ids = post(stack, 2, context=context, entity="the-eternal")
+    finished = assert_answered_once(stack, ids)
+    for job in finished.values():
+        assert [entry.error_kind for entry in job.attempts] == ["context_overflow"]
+        assert job.trim == 1
+    assert stack.redis.hgetall(stack.keys.breaker("a")) == {}
+    assert stack.redis.hgetall(stack.keys.breaker("b")) == {}
+
+
+def test_a_worker_killed_mid_job_loses_nothing(stack: LocalStack) -> None:
+    # `a` holds its next request until the client goes: the job is surely running when the
+    # worker is killed.
+    httpx.post(f"{stack.sim_url('a')}/sim/faults", json={"hang_next": 1})
+    [message_id] = post(stack, 1)
+    wait_for(
+        lambda: sim_stats(stack, "a")["failures_injected"] >= 1, 20, what="the request hangs on a"
+    )
+    stack.processes["worker-a"].kill()
+    finished = assert_answered_once(stack, [message_id])
+    job = finished[message_id]
+    assert job.server_id == "b"
+    assert [(entry.server_id, entry.error_kind) for entry in job.attempts] == [("a", "server_lost")]
+    # Moved within the silence allowance (3 s) and a sweep or two, not a timeout's minutes.
+    assert job.finished_at is not None
+    assert job.finished_at - job.claimed_at < 10
+
+
+def test_a_claim_missing_from_the_ledger_is_recovered(stack: LocalStack) -> None:
+    """A bridge that died between claim-next and its ledger write: the claim shows on the site
+    as processing by its id; recovery takes it back."""
+    stack.processes["bridge"].stop()
+    stack.processes["bridge-2"].stop()
+    [message_id] = post(stack, 1)
+    with stack.queue_client() as queue:
+        claimed = queue.claim_next("bridge")
+    assert claimed.message is not None and claimed.message["id"] == message_id
+    assert Ledger(stack.redis, stack.keys).get(message_id) is None
+    restart(stack, "bridge")
+    assert_answered_once(stack, [message_id])
+
+
+def test_a_bridge_killed_with_jobs_waiting_loses_none(stack: LocalStack) -> None:
+    # Every server fails its first two requests: the jobs come back to wait in the bridges
+    # while both servers cool down, and the bridges are killed then.
+    for server in ("a", "b"):
+        httpx.post(f"{stack.sim_url(server)}/sim/faults", json={"fail_next": 2, "status": 503})
+    ids = post(stack, 4)
+    wait_for(
+        lambda: any(
+            job.state in {JobState.WAITING, JobState.RETRYING} for job in jobs(stack, ids).values()
+        ),
+        20,
+        interval=0.01,
+        what="jobs waiting for a server",
+    )
+    stack.processes["bridge"].kill()
+    stack.processes["bridge-2"].kill()
+    restart(stack, "bridge-2")  # `bridge` stays away: its jobs go over when it is silent
+    assert_answered_once(stack, ids)
+
+
+def test_the_control_worker_killed_mid_run_loses_nothing(stack: LocalStack) -> None:
+    ids = post(stack, 10)
+    wait_for(
+        lambda: sum(job.state.finished for job in jobs(stack, ids).values()) >= 2,
+        30,
+        what="some replies delivered",
+    )
+    stack.processes["control"].kill()
+    restart(stack, "control")
+    assert_answered_once(stack, ids)
+
+
+def test_a_redis_restart_mid_run_loses_nothing(stack: LocalStack) -> None:
+    ids = post(stack, 10)
+    wait_for(
+        lambda: sum(job.state.finished for job in jobs(stack, ids).values()) >= 2,
+        30,
+        what="some replies delivered",
+    )
+    stack.redis_server.restart()
+    assert_answered_once(stack, ids)
+    assert not stack.processes.crashed()
+
+
+def test_the_site_queue_away_for_a_while_loses_nothing(stack: LocalStack) -> None:
+    ids = post(stack, 6)
+    wait_for(
+        lambda: any(
+            job.state in {JobState.DISPATCHED, JobState.DELIVERING}
+            for job in jobs(stack, ids).values()
+        ),
+        20,
+        what="jobs in flight",
+    )
+    stack.processes["queue"].stop()
+    wait_for(
+        lambda: any(job.state is JobState.DELIVERING for job in jobs(stack, ids).values()),
+        20,
+        what="a delivery waiting for the queue",
+    )
+    restart(stack, "queue")
+    assert_answered_once(stack, ids)
+
+
+def test_messages_gone_from_the_site_end_without_a_crash(stack: LocalStack) -> None:
+    ids = post(stack, 6)
+    wait_for(
+        lambda: any(job.state is JobState.DISPATCHED for job in jobs(stack, ids).values()),
+        20,
+        what="jobs in flight",
+    )
+    httpx.post(f"{stack.queue_url}/api/admin/purge")
+    # Those claimed before the purge are in the ledger; the others vanished unclaimed.
+    finished = wait_for(
+        lambda: (
+            (known := jobs(stack, ids))
+            and all(job.state.finished for job in known.values())
+            and known
+        ),
+        60,
+        what="the claimed jobs finished",
+    )
+    assert all(job.state in {JobState.DONE, JobState.DEAD} for job in finished.values())
+    replies = Counter(
+        str(c.get("replyTo")) for c in comments(stack).values() if c.get("message-type") == "AI"
+    )
+    assert all(replies[message_id] <= 1 for message_id in ids)
+    stack.check_alive()
