@@ -91,21 +91,25 @@ def status(
     from rich.live import Live  # noqa: PLC0415
 
     from orchestrator.redis_client import connect  # noqa: PLC0415
-    from orchestrator.status import read_status, status_table  # noqa: PLC0415
+    from orchestrator.status import FleetStatus, read_status, status_table  # noqa: PLC0415
     from workers.keys import Keys  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url)
     client, keys = connect(settings.redis_url), Keys(settings.key_prefix)
+
+    def current() -> FleetStatus:
+        return read_status(client, keys, lost_after_s=settings.server_lost_after_s)
+
     try:
         if as_json:
-            typer.echo(json.dumps(read_status(client, keys).as_json()))
+            typer.echo(json.dumps(current().as_json()))
         elif not watch:
-            Console().print(status_table(read_status(client, keys)))
+            Console().print(status_table(current()))
         else:
             stop = stop_on_signals()
-            with Live(status_table(read_status(client, keys)), auto_refresh=False) as live:
+            with Live(status_table(current()), auto_refresh=False) as live:
                 while not stop.wait(1.0):
-                    live.update(status_table(read_status(client, keys)), refresh=True)
+                    live.update(status_table(current()), refresh=True)
     finally:
         client.close()
 

@@ -29,6 +29,8 @@ class ServerRow:
     loaded: list[str]
     models: list[str]
     last_beat_age_s: float | None
+    failures: int = 0  # failed in a row (the circuit breaker)
+    cooling_s: float = 0.0  # left out of routing this much longer
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class FleetStatus:
             "servers": [asdict(row) for row in self.servers],
             "totals": {
                 "online": sum(row.online for row in self.servers),
+                "cooling": sum(row.online and row.cooling_s > 0 for row in self.servers),
                 "servers": len(self.servers),
                 "inflight": sum(row.inflight for row in self.servers),
                 "capacity": sum(row.capacity for row in self.servers if row.online),
@@ -54,9 +57,9 @@ class FleetStatus:
         }
 
 
-def read_status(client: redis.Redis, keys: Keys) -> FleetStatus:
+def read_status(client: redis.Redis, keys: Keys, lost_after_s: float = 3.0) -> FleetStatus:
     """The fleet, its queues and the ledger's counts, in a few round trips."""
-    servers = Fleet(client, keys).read()
+    servers = Fleet(client, keys, lost_after_s=lost_after_s).read()
     now = time.time()
     pipe = client.pipeline(transaction=False)
     for server in servers:
@@ -85,6 +88,8 @@ def read_status(client: redis.Redis, keys: Keys) -> FleetStatus:
                 loaded=sorted(server.loaded),
                 models=sorted(server.models),
                 last_beat_age_s=max(0.0, now - float(last_beat)) if last_beat else None,
+                failures=server.failures,
+                cooling_s=round(server.cooling_s, 1),
             )
         )
     return FleetStatus(
@@ -123,6 +128,14 @@ def status_table(status: FleetStatus) -> Table:
             mark, beat = "[red]○[/red]", f"[red]OFFLINE {age(row.last_beat_age_s)}[/red]"
         elif not row.healthy:
             mark, beat = "[yellow]●[/yellow]", f"ollama down, {age(row.last_beat_age_s)}"
+        elif row.cooling_s > 0:
+            mark = "[yellow]◐[/yellow]"
+            beat = (
+                f"COOLING {row.cooling_s:.0f}s ({row.failures} failed), {age(row.last_beat_age_s)}"
+            )
+        elif row.failures:
+            mark = "[yellow]◐[/yellow]"
+            beat = f"probing after {row.failures} failed, {age(row.last_beat_age_s)}"
         else:
             mark, beat = "[green]●[/green]", age(row.last_beat_age_s)
         table.add_row(
@@ -139,7 +152,8 @@ def status_table(status: FleetStatus) -> Table:
     outcomes = ", ".join(f"{name} {count}" for name, count in sorted(status.outcomes.items()))
     table.caption = (
         f"{totals['online']}/{totals['servers']} online · "
-        f"{totals['inflight']}/{totals['capacity']} slots busy · {totals['queued']} queued · "
+        + (f"{totals['cooling']} cooling · " if totals["cooling"] else "")
+        + f"{totals['inflight']}/{totals['capacity']} slots busy · {totals['queued']} queued · "
         f"{totals['active_jobs']} active jobs · {totals['dead_letters']} dead letters"
         + (f" · {outcomes}" if outcomes else "")
     )

@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 from orchestrator.ledger import Job, JobState, Ledger
 from orchestrator.messages import BotParams, NewMessage
 from orchestrator.simulator import SimServerSpec
 from orchestrator.stack import LocalStack
+from orchestrator.status import FleetStatus, ServerRow, read_status, status_table
 from orchestrator.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -154,6 +156,17 @@ def test_a_failing_server_is_routed_around_and_cools_down(stack: LocalStack) -> 
         ]
     breaker = stack.redis.hgetall(stack.keys.breaker("a"))
     assert int(breaker["failures"]) >= 1
+    # `status` shows it: still in the fleet, marked as failing (cooling, or probing after).
+    row = next(row for row in read_status(stack.redis, stack.keys).servers if row.id == "a")
+    assert row.online and row.failures >= 1
+    assert "COOLING" in render(row) or "probing" in render(row)
+
+
+def render(row: ServerRow) -> str:
+    table = status_table(FleetStatus(servers=[row], outcomes={}, active_jobs=0, dead_letters=0))
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
 
 
 def test_a_server_refusing_connections_is_routed_around(stack: LocalStack) -> None:
