@@ -13,13 +13,14 @@ import pytest
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
+from orchestrator.control import purge_returned, queued_attempt
 from orchestrator.entities import SAMPLE_ENTITIES_DIR
 from orchestrator.http_server import ThreadedServer
 from orchestrator.ledger import JobState
 from orchestrator.local_queue import QueueStore, build_app
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from workers.protocol import CONTROL_QUEUE
+from workers.protocol import CONTROL_QUEUE, GENERATE_TASK, ChatRequest, GenerateJob
 
 HOSTILE: dict[str, dict[str, Any]] = {
     "no-text": {"username": "ada", "timestamp": 1},
@@ -84,6 +85,23 @@ def insert_rows(db_path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
+def register_server(bridge: Bridge, server_id: str, model: str) -> None:
+    """A server record as a heartbeat writes it, with one slot."""
+    services = bridge.services
+    services.redis.hset(
+        services.keys.server(server_id),
+        mapping={
+            "id": server_id,
+            "capacity": "1",
+            "models": json.dumps([model]),
+            "loaded": "[]",
+            "ollama_healthy": "1",
+            "last_beat": str(time.time()),
+        },
+    )
+    services.redis.sadd(services.keys.servers, server_id)
+
+
 def statuses(db_path: Path) -> dict[str, str | None]:
     with sqlite3.connect(db_path) as db:
         return {
@@ -138,18 +156,7 @@ def test_a_message_claimed_twice_is_left_to_its_first_job(bridge: Bridge) -> Non
 def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None:
     """A server record as a heartbeat writes it; the generate task lands on that server's queue."""
     services = bridge.services
-    services.redis.hset(
-        services.keys.server("mac-1"),
-        mapping={
-            "id": "mac-1",
-            "capacity": "1",
-            "models": json.dumps(["llama3.2:3b"]),
-            "loaded": "[]",
-            "ollama_healthy": "1",
-            "last_beat": str(time.time()),
-        },
-    )
-    services.redis.sadd(services.keys.servers, "mac-1")
+    register_server(bridge, "mac-1", "llama3.2:3b")
     first = hostile_row("first", {"text": "hi", "username": "ada", "timestamp": 1})
     second = hostile_row("second", {"text": "again", "username": "ada", "timestamp": 2})
     bridge.take(first, services.fleet.read())
@@ -165,3 +172,31 @@ def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None
     # One generate task on the server's queue, nothing for control yet.
     assert services.redis.llen("mac-1") == 1
     assert services.redis.llen(CONTROL_QUEUE) == 0
+
+
+def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bridge) -> None:
+    services, keys = bridge.services, bridge.services.keys
+    for job_id, attempt, server in (("moved", 2, "mac-2"), ("current", 1, "mac-9")):
+        raw = hostile_row(job_id, {"text": "hi", "username": "ada", "timestamp": 1})
+        assert services.ledger.record_claim(job_id, raw, "bridge-test", 60)
+        services.redis.hset(
+            keys.job(job_id),
+            mapping={"state": "dispatched", "attempt": attempt, "server_id": server},
+        )
+        # Both were sent to mac-9 as attempt 1; "moved" has since gone on to mac-2.
+        job = GenerateJob(
+            job_id=job_id,
+            attempt=1,
+            server_id="mac-9",
+            reply=ChatRequest(model="llama3.2:3b", messages=[]),
+            dispatched_at=time.time(),
+        )
+        bridge.celery.send_task(GENERATE_TASK, args=[job.model_dump(mode="json")], queue="mac-9")
+    assert services.redis.llen("mac-9") == 2
+    services.redis.sadd(keys.lost_servers, "mac-9")
+    register_server(bridge, "mac-9", "llama3.2:3b")
+    fleet = {server.id: server for server in services.fleet.read()}
+    assert purge_returned(services, fleet) == 1
+    remaining = [queued_attempt(raw) for raw in services.redis.lrange("mac-9", 0, -1)]
+    assert remaining == [("current", 1)]
+    assert services.redis.smembers(keys.lost_servers) == set()
