@@ -16,7 +16,7 @@ from types import TracebackType
 import httpx
 import redis
 
-from orchestrator.embedded_redis import EmbeddedRedis, free_port
+from orchestrator.embedded_redis import EmbeddedRedis, TlsFiles, free_port
 from orchestrator.entities import SAMPLE_ENTITIES_DIR
 from orchestrator.fleet import Fleet, ServerView
 from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
@@ -71,6 +71,8 @@ class LocalStack:
         worker_env: dict[str, dict[str, str]] | None = None,
         bridges: int = 1,
         work_dir: Path | None = None,
+        redis_password: str | None = None,
+        redis_tls: TlsFiles | None = None,
     ) -> None:
         self.specs = [
             spec.model_copy(update={"port": spec.port or free_port()})
@@ -83,7 +85,9 @@ class LocalStack:
         self.bridge_count = bridges
         self._own_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ollama-cloud-"))
-        self.redis_server = EmbeddedRedis(data_dir=self.work_dir / "redis")
+        self.redis_server = EmbeddedRedis(
+            data_dir=self.work_dir / "redis", password=redis_password, tls=redis_tls
+        )
         (self.work_dir / "redis").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.queue_port = free_port()

@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
 from workers.settings import CelerySettings
 
+CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+}
+
+
+def broker_ssl(redis_url: str) -> dict[str, Any] | None:
+    """For a `rediss://` URL, the TLS options Celery wants beside it, read from the URL's own
+    query (`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs`), so the one URL that
+    redis-py takes as it is serves the broker too. Certificates are required unless it says
+    otherwise."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        return None
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": CERT_REQS.get(query.get("ssl_cert_reqs", "required").lower())
+    }
+    if options["ssl_cert_reqs"] is None:
+        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)}")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in query:
+            options[name] = query[name]
+    return options
+
 
 def celery_config(settings: CelerySettings) -> dict[str, Any]:
     transport = {"visibility_timeout": settings.visibility_timeout_s}
+    tls = broker_ssl(settings.redis_url)
     return {
+        **({"broker_use_ssl": tls} if tls else {}),
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
