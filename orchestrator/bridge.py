@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import random
 import threading
@@ -202,6 +203,12 @@ class Bridge:
                 job.id, job.attempt + 1, ",".join(job.servers_tried) or "none",
             )  # fmt: skip
             self.resume(job, fleet)
+        # A retry announced before this look but due after it is looked for when it is due,
+        # not a whole period later.
+        upcoming = self.services.redis.zrange(self.services.keys.retry_jobs, 0, 0, withscores=True)
+        if upcoming:
+            due_in = float(upcoming[0][1]) - time.time()
+            self._retry_check_at = min(self._retry_check_at, time.monotonic() + max(0.0, due_in))
 
     def hand_back_waiting(self) -> None:
         """On a clean stop, what still waits here goes back to be placed by another bridge."""
@@ -237,7 +244,13 @@ class Bridge:
         if claimed.message is None:
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
             return False
-        self.take(claimed.message, fleet)
+        try:
+            self.take(claimed.message, fleet)
+        except redis.RedisError:
+            raise  # the loop waits for Redis; the claim is found again by recovery
+        except Exception:  # whatever a message carries, the bridge goes on
+            log.exception("bridge: a claimed message could not be taken: %.200r", claimed.message)
+            self.services.redis.hincrby(self.services.keys.counters, "untakeable", 1)
         return True
 
     def take(self, raw: dict[str, Any], fleet: list[ServerView]) -> None:
@@ -264,6 +277,10 @@ class Bridge:
         self.enqueue(ready, fleet)
 
     def prepare(self, job_id: str, raw: dict[str, Any], trim: int = 0) -> ReadyJob:
+        try:
+            json.dumps(raw, ensure_ascii=False).encode()
+        except (UnicodeEncodeError, ValueError) as exc:
+            raise Rejection(f"malformed message: not valid Unicode JSON ({exc})"[:500]) from exc
         try:
             message = Message.model_validate(raw)
         except ValidationError as exc:

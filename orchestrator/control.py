@@ -33,19 +33,35 @@ DELIVERY_GRACE_STALLS = 10
 # The ledger fields the sweep looks at, for every active job, once a pass.
 SWEEP_FIELDS = (
     "state", "attempt", "server_id", "bridge_id", "claimed_at", "deadline", "result_at",
-    "delivering_at",
+    "delivering_at", "dispatched_at", "started_at",
 )  # fmt: skip
 
 
 def deliver_task(self: Task, payload: dict[str, Any]) -> str:
+    services = process_services()
     try:
-        return deliver_result(process_services(), payload)
+        return deliver_result(services, payload)
     except (QueueUnreachable, QueueServerError, redis.RedisError) as exc:
         # Brief, growing pauses: the site queue or Redis blinks, it rarely stays away. After
         # the last retry the result stays in the ledger and the sweep delivers it again later.
         countdown = min(10.0, 0.2 * 2**self.request.retries)
         log.warning("job=%s delivery retry in %.1fs: %s", payload.get("job_id"), countdown, exc)
         raise self.retry(exc=exc, countdown=countdown, max_retries=DELIVERY_RETRIES) from exc
+    except Exception as exc:
+        # Trying again would fail the same way (the queue refused the reply, a bad result):
+        # end the job now with the reason, rather than at its deadline.
+        log.exception("job=%s delivery failed", payload.get("job_id"))
+        return fail_delivery(services, payload, exc)
+
+
+def fail_delivery(services: Services, payload: dict[str, Any], exc: Exception) -> str:
+    job_id, attempt = payload.get("job_id"), payload.get("attempt")
+    job = services.ledger.get(job_id) if isinstance(job_id, str) else None
+    if job is None or not isinstance(attempt, int):
+        return "unknown"
+    reason = f"delivery failed: {type(exc).__name__}: {exc}"[:1000]
+    ended = give_up(services, job, reason, (JobState.DELIVERING,), attempt=attempt)
+    return "dead" if ended else "stale"
 
 
 def sweep(services: Services, app: Celery | None = None) -> dict[str, int]:
@@ -117,24 +133,29 @@ def check_dispatched(
     deadline = float(row["deadline"] or 0)
     if result_at:
         return
-    if server is None or not server.online:
+    never_began = (
+        not row["started_at"]
+        and now - float(row["dispatched_at"] or now) > settings.start_lost_after_s
+    )
+    if server is None or not server.online or never_began:
         job = services.ledger.get(job_id)
-        if job is not None and reroute_from_lost(services, job, now):
+        if job is not None and reroute_from_lost(services, job, now, never_began=never_began):
             counts["rerouted"] += 1
     elif deadline and now > deadline:
         counts["given_up"] += give_up_overdue(services, job_id, "dispatched")
 
 
-def reroute_from_lost(services: Services, job: Job, now: float) -> bool:
-    """The job's server stopped beating: another server gets the job, the attempt moves on
-    (so the lost one's late result is dropped as stale), and its queue is purged on return."""
+def reroute_from_lost(services: Services, job: Job, now: float, *, never_began: bool) -> bool:
+    """The job's server stopped beating, or no worker began the job (its task was lost): it
+    goes to a server again, the attempt moves on (so a late start or result of the old one is
+    dropped as stale), and the server's queue is purged when it returns."""
     server_id = job.server_id or ""
-    lost = Attempt(
-        attempt=job.attempt,
-        server_id=server_id,
-        error_kind="server_lost",
-        error=f"no heartbeat for over {services.settings.server_lost_after_s:g}s",
-    )
+    settings = services.settings
+    if never_began:
+        kind, error = "not_started", f"no worker began it within {settings.start_lost_after_s:g}s"
+    else:
+        kind, error = "server_lost", f"no heartbeat for over {settings.server_lost_after_s:g}s"
+    lost = Attempt(attempt=job.attempt, server_id=server_id, error_kind=kind, error=error)
     failures = len(job.failures) + 1
     if failures >= services.settings.max_attempts or now >= job.deadline:
         after = job.model_copy(update={"attempts": [*job.attempts, lost]})
@@ -155,7 +176,7 @@ def reroute_from_lost(services: Services, job: Job, now: float) -> bool:
     )
     if moved:
         services.redis.sadd(services.keys.lost_servers, server_id)
-        log.warning("job=%s server=%s lost: job goes to another server", job.id, server_id)
+        log.warning("job=%s server=%s %s: the job goes again", job.id, server_id, kind)
     return moved
 
 

@@ -232,7 +232,8 @@ class Ledger:
         fields = {
             "id": job_id,
             "state": state.value,
-            "message": json.dumps(message, ensure_ascii=False),
+            # ASCII-escaped: any text the site sent, even a lone surrogate, is stored as it came.
+            "message": json.dumps(message),
             "attempt": 0,
             "bridge_id": bridge_id,
             "claimed_at": now,

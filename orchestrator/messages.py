@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PRIORITY = 5
 DEFAULT_DOMAIN = "saywhatwant.app"
+MAX_ID_LENGTH = 200
+REPLY_SUFFIX = "-re"
 
 
 class BotParams(BaseModel):
@@ -37,7 +40,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     timestamp: int
     text: str
     username: str
@@ -59,7 +62,7 @@ class NewMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    id: str | None = Field(default=None, min_length=1, max_length=200)
+    id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
     timestamp: int | None = None
     text: str
     username: str
@@ -76,5 +79,13 @@ class NewMessage(BaseModel):
 
 
 def reply_id_for(human_message_id: str) -> str:
-    """The id of the reply to a human message: derived, so a second post is a `duplicate`."""
-    return f"{human_message_id}-re"
+    """The id of the reply to a human message: derived, so a second post is a `duplicate`.
+
+    It must itself be a valid id: when the suffix would pass the length limit, the id is cut
+    and a digest of the whole id keeps the reply's id unique to its message."""
+    reply_id = f"{human_message_id}{REPLY_SUFFIX}"
+    if len(reply_id) <= MAX_ID_LENGTH:
+        return reply_id
+    digest = hashlib.sha256(human_message_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    keep = MAX_ID_LENGTH - len(digest) - 1 - len(REPLY_SUFFIX)
+    return f"{human_message_id[:keep]}-{digest}{REPLY_SUFFIX}"

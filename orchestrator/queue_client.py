@@ -6,6 +6,7 @@ never retries: the bridge and the control tasks choose their own backoff.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from types import TracebackType
@@ -188,8 +189,13 @@ class SiteQueueClient:
         gone: str | None = None,
     ) -> Answer:
         """One request; `gone` names the message whose 404 means MessageGone."""
+        # ASCII-escaped JSON: a lone surrogate the site sent us goes back as it came.
+        content = None if body is None else json.dumps(body).encode()
+        headers = None if body is None else {"Content-Type": "application/json"}
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            response = self._http.request(
+                method, path, content=content, headers=headers, params=params
+            )
         except httpx.DecodingError as exc:
             raise BadQueueAnswer(f"{method} {path}: undecodable answer: {exc}") from exc
         except httpx.RequestError as exc:

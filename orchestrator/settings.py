@@ -61,6 +61,9 @@ class Settings(CelerySettings):
     server_lost_after_s: float = Field(
         default=3.0, gt=0, description="A server silent this long is lost: its jobs go elsewhere"
     )
+    start_lost_after_s: float = Field(
+        default=15.0, gt=0, description="A dispatched job no worker began within this goes again"
+    )
     delivery_stall_s: float = Field(
         default=20.0, gt=0, description="A result not delivered within this is delivered again"
     )

@@ -113,7 +113,16 @@ def wait_finished(stack: LocalStack, ids: list[str], timeout: float = 60) -> dic
         done = len(known) == len(ids) and all(job.state.finished for job in known.values())
         return known if done else None
 
-    return wait_for(finished, timeout, interval=0.05, what=f"{len(ids)} jobs finished")
+    try:
+        return wait_for(finished, timeout, interval=0.05, what=f"{len(ids)} jobs finished")
+    except TimeoutError as exc:
+        stuck = [
+            f"{job.id}: {job.state.value} attempt={job.attempt} server={job.server_id} "
+            f"bridge={job.bridge_id!r} attempts={job.history()!r}"
+            for job in jobs(stack, ids).values()
+            if not job.state.finished
+        ]
+        raise TimeoutError(f"{exc}; unfinished: {stuck}") from None
 
 
 def comments(stack: LocalStack) -> dict[str, dict[str, Any]]:
@@ -135,6 +144,12 @@ def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
     assert {job.id: job.outcome for job in finished.values()} == dict.fromkeys(ids, "answered")
     # The simulated scorer answers `Score: N` with N in 1..100: applied once, not twice.
     assert all(1 <= everything[message_id].get("eqScore", 0) <= 100 for message_id in ids)
+    # No server was sent more than its slots (the simulator refuses past them).
+    for spec in stack.specs:
+        if stack.processes[f"sim-{spec.name}"].running:
+            stats = sim_stats(stack, spec.name)
+            assert stats["refused_full"] == 0, spec.name
+            assert stats["max_active"] <= spec.parallel, spec.name
     return finished
 
 

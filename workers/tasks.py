@@ -41,17 +41,28 @@ def keep_result(rt: WorkerRuntime, result: GenerateResult) -> None:
         log.warning("job=%s server=%s result not kept: %s", result.job_id, rt.server_id, exc)
 
 
+# Begin an attempt only if it is still the ledger's current one, and note that it began: the
+# sweep re-dispatches an attempt that never began (its task lost before a worker took it).
+BEGIN_ATTEMPT = """
+local attempt, state = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state'))
+if attempt ~= ARGV[1] or state ~= 'dispatched' then return 0 end
+redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+return 1
+"""
+
+
 def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
-    """True when the ledger has moved on: a later attempt, or the job already finished."""
+    """True when the ledger has moved on: a later attempt, or the job already finished.
+    Otherwise the attempt is marked as begun."""
     try:
-        attempt, state = rt.redis.hmget(rt.keys.job(job.job_id), ["attempt", "state"])
+        current = rt.redis.eval(
+            BEGIN_ATTEMPT, 1, rt.keys.job(job.job_id), job.attempt, f"{time.time():.3f}"
+        )
     except redis.RedisError as exc:
         # Without the ledger we cannot tell; running it is safe since delivery checks again.
         log.warning("job=%s server=%s ledger unreadable: %s", job.job_id, rt.server_id, exc)
         return False
-    if attempt is None:
-        return True
-    return int(attempt) != job.attempt or state not in {"dispatched"}
+    return not current
 
 
 def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcome:
