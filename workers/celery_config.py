@@ -7,6 +7,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from workers.broker import TRANSPORT
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
 from workers.settings import CelerySettings
 
@@ -43,6 +44,7 @@ def celery_config(settings: CelerySettings) -> dict[str, Any]:
     return {
         **({"broker_use_ssl": tls} if tls else {}),
         "broker_url": settings.redis_url,
+        "broker_transport": TRANSPORT,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
