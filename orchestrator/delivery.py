@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.errors import MessageGone, QueueError, QueueUnreachable
+from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueUnreachable
 from orchestrator.ledger import Attempt, Job, JobState, attempts_json
 from orchestrator.messages import Message
 from orchestrator.postprocess import build_reply, parse_eq_score, post_process
@@ -62,8 +62,8 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         else:
             post_reply(services, job, build_reply(entity, message, text).wire())
     complete(services, job.id)
-    if result.eq is not None and result.eq.ok and not start.eq_applied:
-        apply_eq_once(services, job.id, parse_eq_score(result.eq.text))
+    if result.eq is not None and result.eq.ok:
+        apply_eq_once(services, job, parse_eq_score(result.eq.text), start.eq_guard)
     timings = result.reply.timings
     pipe = services.redis.pipeline(transaction=True)
     if outcome == "answered":
@@ -100,27 +100,56 @@ def complete(services: Services, job_id: str) -> None:
         log.warning("job=%s gone from the site queue before complete", job_id)
 
 
-def apply_eq_once(services: Services, job_id: str, score: int) -> None:
-    """PATCH adds to the site's global score every time: guard it so it happens at most once."""
+def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -> None:
+    """PATCH adds to the site's global score every time: it must happen at most once.
+
+    A guard marks the PATCH as begun (`pending:<time>`) before it is sent and as done after.
+    A delivery that finds it pending (one that died mid-PATCH, or is still sending it) waits
+    out the queue's timeout, then asks the site whether the score landed before sending it."""
     if score <= 0:
         return
-    guard = services.keys.once_eq(job_id)
-    if not services.redis.set(guard, score, nx=True, ex=ONCE_GUARD_TTL_S):
-        log.info("job=%s EQ already applied", job_id)
-        return
+    key = services.keys.once_eq(job.id)
+    now = time.time()
+    if guard is None and not services.redis.set(
+        key, f"pending:{now}", nx=True, ex=ONCE_GUARD_TTL_S
+    ):
+        guard = str(services.redis.get(key) or "")
+    if guard is not None:
+        if not guard.startswith("pending:"):
+            log.info("job=%s EQ already applied", job.id)
+            return
+        began = float(guard.partition(":")[2] or 0)
+        if now - began < 2 * services.settings.queue_timeout_s:
+            raise EqInDoubt(f"job={job.id} EQ being applied since {now - began:.1f}s")
+        landed = site_eq_score(services, job)
+        if landed is None or landed > 0:
+            services.redis.set(key, "gone" if landed is None else landed, ex=ONCE_GUARD_TTL_S)
+            log.info("job=%s EQ found on the site (%s): not applied again", job.id, landed)
+            return
+        services.redis.set(key, f"pending:{now}", ex=ONCE_GUARD_TTL_S)
     try:
-        services.queue.patch_eq(job_id, score)
+        services.queue.patch_eq(job.id, score)
     except MessageGone:
-        log.warning("job=%s gone from the site queue before EQ", job_id)
+        log.warning("job=%s gone from the site queue before EQ", job.id)
     except QueueUnreachable as exc:
         if isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
             # Nothing reached the queue: lift the guard so the task's retry may apply it.
-            services.redis.delete(guard)
-            raise
-        # It may have been applied: at most once means not trying again.
-        log.error("job=%s EQ %d may not have been applied: %s", job_id, score, exc)
-        return
-    log.info("job=%s EQ %d applied", job_id, score)
+            services.redis.delete(key)
+        # Otherwise it may have landed: the guard stays pending, and the retry asks the site.
+        raise
+    services.redis.set(key, score, ex=ONCE_GUARD_TTL_S)
+    log.info("job=%s EQ %d applied", job.id, score)
+
+
+def site_eq_score(services: Services, job: Job) -> float | None:
+    """The message's eqScore as the site has it now; None when the site no longer has it."""
+    timestamp = job.message.get("timestamp")
+    after = int(timestamp) - 1 if isinstance(timestamp, int | float) else 0
+    for message in services.queue.comments_after(after):
+        if message.get("id") == job.id:
+            value = message.get("eqScore") or 0
+            return float(value) if isinstance(value, int | float) else 0.0
+    return None
 
 
 # Failures that say something about the server: it cools down before it is tried again.

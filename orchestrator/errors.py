@@ -11,6 +11,10 @@ class QueueUnreachable(QueueError):
     """No answer from the site queue: connection refused, reset or timed out."""
 
 
+class EqInDoubt(QueueUnreachable):
+    """Another delivery began applying this EQ score moments ago: look again later."""
+
+
 class QueueClientError(QueueError):
     """The site queue answered 4xx (other than a vanished message)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from orchestrator.redis_client import texts
+from orchestrator.redis_client import text, texts
 from workers.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,9 @@ if current or server ~= ARGV[3] or state ~= 'dispatched' then
   end
 end
 if not current then return {1, fields} end
-if state == 'dispatched' then
-  redis.call('HSET', KEYS[1], 'state', 'delivering', 'delivering_at', ARGV[5])
-end
-return {2, fields, redis.call('EXISTS', KEYS[3]), redis.call('EXISTS', KEYS[4])}
+-- Each delivery (again) stamps its start, so the sweep leaves a delivery in progress alone.
+redis.call('HSET', KEYS[1], 'state', 'delivering', 'delivering_at', ARGV[5])
+return {2, fields, redis.call('EXISTS', KEYS[3]), redis.call('GET', KEYS[4])}
 """
 
 # Move a job on from one of the states given, if its attempt (and server) are still the ones
@@ -197,7 +196,7 @@ class DeliveryStart:
     job: Job | None
     current: bool
     reply_posted: bool = False
-    eq_applied: bool = False
+    eq_guard: str | None = None  # the EQ once-guard's value: None, "pending:<time>", or done
 
 
 # Create the job and index it in one step, or not at all if it exists.
@@ -263,7 +262,10 @@ class Ledger:
         job = job_from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True)))
         if answer[0] == 1:
             return DeliveryStart(job=job, current=False)
-        return DeliveryStart(job, True, reply_posted=bool(answer[2]), eq_applied=bool(answer[3]))
+        guard = answer[3] if len(answer) > 3 and answer[3] else None
+        return DeliveryStart(
+            job, True, reply_posted=bool(answer[2]), eq_guard=text(guard) if guard else None
+        )
 
     def transition(
         self,

@@ -40,6 +40,7 @@ def stack() -> Iterator[LocalStack]:
         "OLLAMA_CLOUD_RECOVER_AFTER_S": "1",
         "OLLAMA_CLOUD_BRIDGE_LOST_AFTER_S": "3",
         "OLLAMA_CLOUD_COOLDOWN_S": "1",
+        "OLLAMA_CLOUD_QUEUE_TIMEOUT_S": "2",
     }
     # `a` wins ties, so the first job of a test goes there.
     worker_env = {"a": {"OLLAMA_CLOUD_PRIORITY": "1"}}
@@ -143,7 +144,8 @@ def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
     )
     assert {job.id: job.outcome for job in finished.values()} == dict.fromkeys(ids, "answered")
     # The simulated scorer answers `Score: N` with N in 1..100: applied once, not twice.
-    assert all(1 <= everything[message_id].get("eqScore", 0) <= 100 for message_id in ids)
+    scores = {message_id: everything[message_id].get("eqScore", 0) for message_id in ids}
+    assert all(1 <= score <= 100 for score in scores.values()), scores
     # No server was sent more than its slots (the simulator refuses past them).
     for spec in stack.specs:
         if stack.processes[f"sim-{spec.name}"].running:
