@@ -17,8 +17,9 @@ def control_config(settings: Settings) -> dict[str, Any]:
     return {
         **celery_config(settings),
         "worker_concurrency": settings.control_concurrency,
-        # Beat's schedule is a handful of short intervals: kept in memory, no file left behind.
-        "beat_scheduler": "celery.beat:Scheduler",
+        # Beat's schedule is a handful of short intervals: kept in memory, no file left behind;
+        # a lock in Redis lets exactly one beat send it.
+        "beat_scheduler": "orchestrator.beat:LockedScheduler",
         "beat_schedule": {
             "sweep": {
                 "task": SWEEP_TASK,

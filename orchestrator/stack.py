@@ -198,9 +198,9 @@ class LocalStack:
         )  # fmt: skip
         return self._start(name, argv, self.env())
 
-    def start_beat(self) -> ManagedProcess:
+    def start_beat(self, name: str = "beat") -> ManagedProcess:
         argv = python_command("-m", "celery", "-A", "orchestrator", "beat", "-l", "info")
-        return self._start("beat", argv, self.env())
+        return self._start(name, argv, self.env())
 
     def start_bridge(self, index: int = 0) -> ManagedProcess:
         name = "bridge" if index == 0 else f"bridge-{index + 1}"

@@ -56,7 +56,7 @@ def healthy_fleet(stack: LocalStack) -> Iterator[None]:
         if not stack.processes[f"sim-{spec.name}"].running:
             stack.start_sim(spec.name)
         httpx.post(f"{stack.sim_url(spec.name)}/sim/faults", json={"clear": True})
-    for name in ("queue", "control", "bridge", "bridge-2"):
+    for name in ("queue", "control", "bridge", "bridge-2", "beat"):
         if not stack.processes[name].running:
             restart(stack, name)
     for spec in stack.specs:
@@ -70,6 +70,8 @@ def healthy_fleet(stack: LocalStack) -> Iterator[None]:
 def restart(stack: LocalStack, name: str) -> None:
     if name == "control":
         stack.start_control()
+    elif name == "beat":
+        stack.start_beat()
     elif name.startswith("bridge"):
         stack.start_bridge(0 if name == "bridge" else int(name.rsplit("-", 1)[1]) - 1)
     else:
@@ -327,3 +329,20 @@ def test_messages_gone_from_the_site_end_without_a_crash(stack: LocalStack) -> N
     )
     assert all(replies[message_id] <= 1 for message_id in ids)
     stack.check_alive()
+
+
+def test_exactly_one_beat_sends_the_schedule(stack: LocalStack) -> None:
+    second = stack.start_beat("beat-2")
+    try:
+        wait_for(
+            lambda: "stands by" in second.log_tail(100), 20, what="the second beat standing by"
+        )
+        holder = stack.redis.get(stack.keys.beat_process_lock)
+        assert holder is not None
+        stack.processes["beat"].kill()  # the second takes over once the lock expires
+        wait_for(
+            lambda: "sends the schedule" in second.log_tail(100), 20, what="the second beat taking over"
+        )
+        assert stack.redis.get(stack.keys.beat_process_lock) != holder
+    finally:
+        second.stop()

@@ -97,6 +97,11 @@ class Keys:
         return f"{self.prefix}:lock:beat"
 
     @property
+    def beat_process_lock(self) -> str:
+        """String with TTL: the one beat process allowed to send the schedule."""
+        return f"{self.prefix}:lock:beat-process"
+
+    @property
     def recover_lock(self) -> str:
         return f"{self.prefix}:lock:recover"
 
