@@ -341,7 +341,9 @@ def test_exactly_one_beat_sends_the_schedule(stack: LocalStack) -> None:
         assert holder is not None
         stack.processes["beat"].kill()  # the second takes over once the lock expires
         wait_for(
-            lambda: "sends the schedule" in second.log_tail(100), 20, what="the second beat taking over"
+            lambda: "sends the schedule" in second.log_tail(100),
+            20,
+            what="the second beat taking over",
         )
         assert stack.redis.get(stack.keys.beat_process_lock) != holder
     finally:
