@@ -383,6 +383,10 @@ class Bridge:
                 "attempt": str(attempt),
                 "server_id": server.id,
                 "dispatched_at": str(time.time()),
+                # Not begun, no result: what an earlier attempt noted must not hide a lost
+                # task or a lost server from the sweep.
+                "started_at": "0",
+                "result_at": "0",
                 "entity": ready.entity,
                 "model": ready.model,
                 "priority": str(-ready.sort_key[0]),

@@ -133,19 +133,25 @@ def check_dispatched(
     deadline = float(row["deadline"] or 0)
     if result_at:
         return
+    started_at = float(row["started_at"] or 0)
     never_began = (
-        not row["started_at"]
-        and now - float(row["dispatched_at"] or now) > settings.start_lost_after_s
+        not started_at and now - float(row["dispatched_at"] or now) > settings.start_lost_after_s
     )
-    if server is None or not server.online or never_began:
+    # Begun by a run of the worker that has since restarted (too quickly to be seen silent).
+    restarted = bool(server and started_at and started_at < server.booted_at)
+    if server is None or not server.online or never_began or restarted:
         job = services.ledger.get(job_id)
-        if job is not None and reroute_from_lost(services, job, now, never_began=never_began):
+        if job is not None and reroute_from_lost(
+            services, job, now, never_began=never_began, restarted=restarted
+        ):
             counts["rerouted"] += 1
     elif deadline and now > deadline:
         counts["given_up"] += give_up_overdue(services, job_id, "dispatched")
 
 
-def reroute_from_lost(services: Services, job: Job, now: float, *, never_began: bool) -> bool:
+def reroute_from_lost(
+    services: Services, job: Job, now: float, *, never_began: bool, restarted: bool = False
+) -> bool:
     """The job's server stopped beating, or no worker began the job (its task was lost): it
     goes to a server again, the attempt moves on (so a late start or result of the old one is
     dropped as stale), and the server's queue is purged when it returns."""
@@ -153,6 +159,8 @@ def reroute_from_lost(services: Services, job: Job, now: float, *, never_began: 
     settings = services.settings
     if never_began:
         kind, error = "not_started", f"no worker began it within {settings.start_lost_after_s:g}s"
+    elif restarted:
+        kind, error = "worker_restarted", "its worker restarted while running it"
     else:
         kind, error = "server_lost", f"no heartbeat for over {settings.server_lost_after_s:g}s"
     lost = Attempt(attempt=job.attempt, server_id=server_id, error_kind=kind, error=error)
@@ -323,7 +331,10 @@ def locked(services: Services, lock_key: str, timeout: float) -> Any:
 
 def sweep_task(self: Task) -> dict[str, int]:
     services = process_services()
-    lock = locked(services, services.keys.beat_lock, 30)
+    # Short: a control worker killed mid-pass holds the next passes back only this long.
+    lock = locked(
+        services, services.keys.beat_lock, max(5.0, 5 * services.settings.sweep_interval_s)
+    )
     if not lock.acquire():
         return {}
     try:
@@ -334,7 +345,7 @@ def sweep_task(self: Task) -> dict[str, int]:
 
 def recover_task() -> int:
     services = process_services()
-    lock = locked(services, services.keys.recover_lock, 120)
+    lock = locked(services, services.keys.recover_lock, 30)
     if not lock.acquire():
         return 0
     try:

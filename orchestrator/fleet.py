@@ -127,6 +127,7 @@ class ServerView:
     priority: int = 0
     ollama_url: str = ""
     worker_version: str = ""
+    booted_at: float = 0.0  # the worker's start, on its own clock (as its jobs' starts are)
     last_beat: float = 0.0
     speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
     failures: int = 0  # failed in a row (the circuit breaker)
@@ -178,6 +179,7 @@ def server_from_record(server_id: str, record: dict[str, str], inflight: int) ->
         priority=priority,
         ollama_url=record.get("ollama_url", ""),
         worker_version=record.get("worker_version", ""),
+        booted_at=float(record.get("booted_at") or 0),
         last_beat=last_beat,
     )
 

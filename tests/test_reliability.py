@@ -209,14 +209,23 @@ def test_a_context_overflow_is_retried_once_with_less_history(stack: LocalStack)
     assert stack.redis.hgetall(stack.keys.breaker("b")) == {}
 
 
-def test_a_worker_killed_mid_job_loses_nothing(stack: LocalStack) -> None:
-    # `a` holds its next request until the client goes: the job is surely running when the
-    # worker is killed.
+def hang_on_a_then_post(stack: LocalStack) -> str:
+    """One message, held by `a` (it wins ties) until its client goes."""
+    before = sim_stats(stack, "a")["failures_injected"]
     httpx.post(f"{stack.sim_url('a')}/sim/faults", json={"hang_next": 1})
     [message_id] = post(stack, 1)
     wait_for(
-        lambda: sim_stats(stack, "a")["failures_injected"] >= 1, 20, what="the request hangs on a"
+        lambda: sim_stats(stack, "a")["failures_injected"] > before,
+        20,
+        what="the request hangs on a",
     )
+    return message_id
+
+
+def test_a_worker_killed_mid_job_loses_nothing(stack: LocalStack) -> None:
+    # `a` holds its next request until the client goes: the job is surely running when the
+    # worker is killed.
+    message_id = hang_on_a_then_post(stack)
     stack.processes["worker-a"].kill()
     finished = assert_answered_once(stack, [message_id])
     job = finished[message_id]
@@ -348,3 +357,16 @@ def test_exactly_one_beat_sends_the_schedule(stack: LocalStack) -> None:
         assert stack.redis.get(stack.keys.beat_process_lock) != holder
     finally:
         second.stop()
+
+
+def test_a_worker_restarted_at_once_mid_job_loses_nothing(stack: LocalStack) -> None:
+    """Killed and back before anyone sees it silent: the job it was running goes again."""
+    message_id = hang_on_a_then_post(stack)
+    stack.processes["worker-a"].kill()
+    stack.start_worker("a", wait=False)
+    finished = assert_answered_once(stack, [message_id])
+    job = finished[message_id]
+    kinds = [entry.error_kind for entry in job.attempts]
+    assert kinds in (["worker_restarted"], ["server_lost"]), kinds
+    assert job.finished_at is not None
+    assert job.finished_at - job.claimed_at < 15

@@ -61,6 +61,9 @@ class HeartbeatThread(threading.Thread):
         self.stopping = threading.Event()
         self._was_healthy: bool | None = None
         self._models: list[str] = []
+        # This worker's start, on the clock that also stamps the starts of its jobs: a job
+        # begun before it was begun by an earlier run of the worker, and is lost with it.
+        self.booted_at = f"{time.time():.3f}"
 
     def beat(self) -> None:
         record = server_record(self.rt, self.capacity, self._models)
@@ -71,6 +74,7 @@ class HeartbeatThread(threading.Thread):
         seconds, micros = self.rt.redis.time()
         now = seconds + micros / 1e6
         record["last_beat"] = f"{now:.3f}"
+        record["booted_at"] = self.booted_at
         pipe = self.rt.redis.pipeline(transaction=True)
         mapping: dict[Any, Any] = record
         pipe.hset(keys.server(self.rt.server_id), mapping=mapping)

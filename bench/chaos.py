@@ -1,0 +1,508 @@
+"""Chaos: messages through a demo-like fleet while its parts are killed and restarted.
+
+    python bench/chaos.py [--messages 2000] [--seed 7] [--rate 0] [--keep-dir DIR]
+
+Four fast simulated servers, two models (the-eternal on llama3.2:3b, the-critic on qwen2.5:7b),
+one bridge, the control worker and beat. While the messages go through, a chaos thread follows
+a schedule drawn from `--seed`: after a random pause it SIGKILLs a random server's worker, stops
+a random simulator (its connections refused), SIGKILLs the bridge or the control worker, or,
+once, restarts Redis (AOF, graceful); what it took away comes back after a random while. One
+thing is away at a time. A process of the stack that exits by itself is a crash: counted,
+logged and started again.
+
+Then it waits until every message has finished in the ledger (or reports what is stuck) and
+counts on the queue itself. Prints one JSON object as its last line:
+  messages, replies             human messages posted; AI replies to them on the queue
+  lost                          posted messages not completed on the queue, or with neither a
+                                reply nor a finished ledger job with a reason
+  duplicate_replies             AI replies beyond the first to the same message
+  double_eq                     messages whose EQ score was PATCHed more than once (queue log);
+                                eq_excess: globalScore gained beyond the sum of eqScores
+  over_capacity                 requests the simulators refused beyond their slots
+  dead_letters, unexplained_dead_letters (dead jobs without a reason), crashes
+  stuck                         jobs not finished at the deadline, by state (with examples)
+  job_s_p50, job_s_max          claim to finish; slow_jobs: those over 60 s, with their history
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from orchestrator.ledger import JobState, Ledger
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.processes import ManagedProcess
+from orchestrator.simulator import SimServerSpec
+from orchestrator.stack import LocalStack, stop_on_sigterm
+
+LLAMA = "llama3.2:3b"  # the-eternal (and the EQ scorer)
+QWEN = "qwen2.5:7b"  # the-critic
+KINDS = ("kill_worker", "stop_sim", "kill_bridge", "kill_control", "restart_redis")
+PATCH_LINE = re.compile(r"message=(\S+) eqScore ")
+SLOW_JOB_S = 60.0  # a job this long from claim to finish is reported by id
+
+
+def chaos_fleet(tokens_per_second: float = 1000.0) -> list[SimServerSpec]:
+    """The demo's shape, faster: each model on three servers, so one away leaves two."""
+    both = [LLAMA, QWEN]
+    return [
+        SimServerSpec(name="studio", models=both, loaded=both,
+                      tokens_per_second=tokens_per_second, parallel=4),
+        SimServerSpec(name="mini", models=both, loaded=[QWEN],
+                      tokens_per_second=tokens_per_second, load_seconds=0.5, parallel=2),
+        SimServerSpec(name="air", models=[LLAMA], loaded=[LLAMA],
+                      tokens_per_second=tokens_per_second, parallel=2),
+        SimServerSpec(name="gpu", models=[QWEN], loaded=[QWEN],
+                      tokens_per_second=tokens_per_second, parallel=2),
+    ]  # fmt: skip
+
+
+def chaos_messages(count: int, seed: int) -> list[NewMessage]:
+    rng = random.Random(seed)
+    return [
+        NewMessage(
+            id=f"chaos-{seed}-{index}",
+            text=f"chaos question {index}: what would you change {rng.randint(1, 10**6)}?",
+            username="ada",
+            color="080150227",
+            context=["bo: hello", "ada: hi bo"],
+            botParams=BotParams(
+                entity="the-eternal" if rng.random() < 0.5 else "the-critic",
+                humanUsername="ada",
+            ),
+        )
+        for index in range(count)
+    ]
+
+
+# The schedule ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChaosEvent:
+    kind: str  # one of KINDS
+    target: str  # a server id (kill_worker, stop_sim), else the process or "redis"
+    pause_s: float  # wait before taking it away
+    down_s: float  # how long it stays away (Redis: restarted at once)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.target} (away {self.down_s:.1f}s)"
+
+
+def draw_event(
+    rng: random.Random, kind: str, servers: list[str], pause: tuple[float, float]
+) -> ChaosEvent:
+    target = {"kill_bridge": "bridge", "kill_control": "control", "restart_redis": "redis"}.get(
+        kind
+    ) or rng.choice(servers)
+    return ChaosEvent(kind, target, rng.uniform(*pause), rng.uniform(0.5, 3.0))
+
+
+def random_schedule(
+    seed: int, servers: list[str], count: int = 1000, pause: tuple[float, float] = (1.0, 4.0)
+) -> list[ChaosEvent]:
+    """Random events, Redis restarted once among the first few."""
+    rng = random.Random(seed)
+    redis_at = rng.randint(2, 5)
+    others = [kind for kind in KINDS if kind != "restart_redis"]
+    return [
+        draw_event(
+            rng, "restart_redis" if index == redis_at else rng.choice(others), servers, pause
+        )
+        for index in range(count)
+    ]
+
+
+def one_of_each(
+    seed: int, servers: list[str], pause: tuple[float, float] = (0.5, 1.5)
+) -> list[ChaosEvent]:
+    """Every kind of event once, in a seeded order."""
+    rng = random.Random(seed)
+    kinds = list(KINDS)
+    rng.shuffle(kinds)
+    return [draw_event(rng, kind, servers, pause) for kind in kinds]
+
+
+# The chaos thread ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChaosRecord:
+    events: Counter[str] = field(default_factory=Counter)
+    crashes: list[str] = field(default_factory=list)
+    # refused_full of each simulator, read before each stop (a restart resets its stats).
+    refused_before_stops: Counter[str] = field(default_factory=Counter)
+
+
+class Chaos:
+    """Follows a schedule against a running stack, one event at a time; restarts any process
+    that exits by itself (a crash) and records it."""
+
+    def __init__(
+        self, stack: LocalStack, schedule: list[ChaosEvent], say: Callable[[str], None]
+    ) -> None:
+        self.stack = stack
+        self.schedule = schedule
+        self.say = say
+        self.record = ChaosRecord()
+        self.stopping = threading.Event()
+        self.done = threading.Event()  # the schedule ended or chaos was stopped
+        self._lock = threading.Lock()  # one hand on the processes at a time
+        self._started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._run, name="chaos", daemon=True),
+            threading.Thread(target=self._watch, name="chaos-watch", daemon=True),
+        ]
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop after the event under way (what it took away comes back first)."""
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self.check_crashes()
+
+    def _run(self) -> None:
+        try:
+            for event in self.schedule:
+                if self.stopping.wait(event.pause_s):
+                    break
+                self.act(event)
+        finally:
+            self.done.set()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.25):
+            self.check_crashes()
+
+    def act(self, event: ChaosEvent) -> None:
+        at = time.monotonic() - self._started
+        self.say(f"chaos +{at:.1f}s: {event.describe()}")
+        self.record.events[event.kind] += 1
+        if event.kind == "restart_redis":
+            with self._lock:
+                self.stack.redis_server.restart()
+            return
+        name = {"kill_worker": f"worker-{event.target}", "stop_sim": f"sim-{event.target}"}.get(
+            event.kind, event.target
+        )
+        with self._lock:
+            process = self.stack.processes[name]
+            if event.kind == "stop_sim":
+                self.record.refused_before_stops[event.target] += refused_full(
+                    self.stack, event.target
+                )
+                process.stop()
+            else:
+                process.kill()
+        time.sleep(event.down_s)
+        with self._lock:
+            process.start()
+
+    def check_crashes(self) -> None:
+        with self._lock:
+            for process in self.stack.processes.crashed():
+                code = process.process.returncode if process.process else None
+                self.record.crashes.append(f"{process.name} exited {code}: {why(process)}")
+                self.say(f"CRASH {process.name} exited {code}: started again")
+                process.start()
+
+
+def why(process: ManagedProcess) -> str:
+    """The line of its log that says why a process exited: Celery's `Unrecoverable error`, a
+    Python traceback's last line, or else the last line."""
+    lines = [line for line in process.log_tail(80).splitlines() if line.strip()]
+    for marker in ("Unrecoverable error", "Error:", "Exception"):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[-1].strip()[-300:]
+    return lines[-1].strip()[-300:] if lines else ""
+
+
+def refused_full(stack: LocalStack, server_id: str) -> int:
+    try:
+        return int(
+            httpx.get(f"{stack.sim_url(server_id)}/sim/stats", timeout=5).json()["refused_full"]
+        )
+    except (httpx.HTTPError, ValueError, KeyError):
+        return 0
+
+
+# Posting and waiting ---------------------------------------------------------------------------
+
+
+class Poster(threading.Thread):
+    """Posts the messages, at `rate` a second (0: as fast as the queue takes them)."""
+
+    def __init__(self, stack: LocalStack, messages: list[NewMessage], rate: float) -> None:
+        super().__init__(name="poster", daemon=True)
+        self.stack = stack
+        self.messages = messages
+        self.rate = rate
+        self.posted = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        began = time.monotonic()
+        with self.stack.queue_client() as queue:
+            for index, message in enumerate(self.messages):
+                if self.rate > 0:
+                    due = began + index / self.rate
+                    if self.stopping.wait(max(0.0, due - time.monotonic())):
+                        return
+                elif self.stopping.is_set():
+                    return
+                queue.post_comment(message)
+                self.posted += 1
+
+
+def job_states(stack: LocalStack, job_ids: list[str]) -> list[str | None]:
+    pipe = stack.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(stack.keys.job(job_id), "state")
+    return list(pipe.execute())
+
+
+def unfinished(stack: LocalStack, job_ids: list[str]) -> list[str] | None:
+    """The jobs not finished yet; None when Redis cannot tell right now."""
+    try:
+        states = job_states(stack, job_ids)
+    except redis.RedisError:
+        return None
+    finished = {state.value for state in JobState if state.finished}
+    return [job_id for job_id, state in zip(job_ids, states, strict=True) if state not in finished]
+
+
+def wait_finished(
+    stack: LocalStack,
+    job_ids: list[str],
+    poster: Poster,
+    chaos: Chaos,
+    *,
+    whole_schedule: bool,
+    timeout_s: float,
+) -> list[str]:
+    """Wait until every message is posted and finished (and, with `whole_schedule`, the chaos
+    schedule has run to its end). Chaos stops once the messages are done. Returns the jobs still
+    unfinished when `timeout_s` (counted from the last post) ran out."""
+    deadline: float | None = None
+    left: list[str] = list(job_ids)
+    while True:
+        if poster.is_alive():
+            time.sleep(0.25)
+            continue
+        if deadline is None:
+            deadline = time.monotonic() + timeout_s
+        current = unfinished(stack, job_ids)
+        if current is not None:  # None: Redis away for a moment
+            left = current
+        if not left and (chaos.done.is_set() or not whole_schedule):
+            return []
+        if time.monotonic() > deadline:
+            return left
+        time.sleep(0.25)
+
+
+# Counting --------------------------------------------------------------------------------------
+
+
+def eq_patches(stack: LocalStack) -> Counter[str]:
+    """PATCHes of each message's EQ score, from the local queue's log (one line each)."""
+    log_path = stack.work_dir / "logs" / "queue.log"
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return Counter()
+    return Counter(PATCH_LINE.findall(text))
+
+
+def count_outcomes(
+    stack: LocalStack, sent: list[NewMessage], global_before: float, record: ChaosRecord
+) -> dict[str, Any]:
+    ids = [str(message.id) for message in sent]
+    posted = set(ids)
+    with stack.queue_client() as queue:
+        comments = queue.comments_after(0)
+        global_after = float(queue.stats().get("globalScore", 0))
+    humans = {str(c["id"]): c for c in comments if str(c.get("id")) in posted}
+    replies = Counter(
+        str(c.get("replyTo"))
+        for c in comments
+        if c.get("message-type") == "AI" and str(c.get("replyTo")) in posted
+    )
+    ledger = Ledger(stack.redis, stack.keys)
+    jobs = {job.id: job for job in ledger.get_many(ids)}
+    lost: list[str] = []
+    for job_id in ids:
+        human = humans.get(job_id) or {}
+        completed = (human.get("botParams") or {}).get("status") == "complete"
+        job = jobs.get(job_id)
+        explained = (
+            job is not None and job.state.finished and bool(job.reason or job.outcome == "skipped")
+        )
+        if not completed or not (replies[job_id] or explained):
+            lost.append(job_id)
+    patches = eq_patches(stack)
+    eq_sum = sum(float(human.get("eqScore") or 0) for human in humans.values())
+    dead_ids = [job_id for job_id in ledger.dead_job_ids(limit=100_000) if job_id in posted]
+    dead = ledger.get_many(dead_ids)
+    took = sorted(
+        (job.finished_at or 0.0) - job.claimed_at for job in jobs.values() if job.state.finished
+    )
+    over_capacity = record.refused_before_stops.copy()
+    for spec in stack.specs:
+        over_capacity[spec.name] += refused_full(stack, spec.name)
+    return {
+        "messages": len(sent),
+        "replies": sum(replies.values()),
+        "lost": len(lost),
+        "duplicate_replies": sum(count - 1 for count in replies.values() if count > 1),
+        "double_eq": sum(1 for job_id in ids if patches[job_id] > 1),
+        "eq_excess": round(global_after - global_before - eq_sum, 3),
+        "over_capacity": sum(over_capacity.values()),
+        "dead_letters": len(dead_ids),
+        "unexplained_dead_letters": sum(1 for job in dead if not (job.reason or "").strip()),
+        "crashes": len(record.crashes),
+        "outcomes": dict(Counter(job.outcome or job.state.value for job in jobs.values())),
+        # Claim to finish: a job that waited for a deadline or a timer shows here.
+        "job_s_p50": round(took[len(took) // 2], 2) if took else None,
+        "job_s_max": round(took[-1], 2) if took else None,
+        "slow_jobs": [
+            f"{job.id}: {(job.finished_at or 0.0) - job.claimed_at:.0f}s {job.history()[:200]}"
+            for job in jobs.values()
+            if job.state.finished and (job.finished_at or 0.0) - job.claimed_at > SLOW_JOB_S
+        ][:10],
+        "lost_examples": lost[:10],
+        "dead_reasons": dict(
+            Counter(short_reason(job.reason or "") for job in dead).most_common(10)
+        ),
+        "over_capacity_by_server": {name: n for name, n in over_capacity.items() if n},
+    }
+
+
+def short_reason(reason: str) -> str:
+    """A dead letter's reason without its ids and numbers, to group alike ones."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)[:160]
+
+
+def stuck_report(stack: LocalStack, job_ids: list[str]) -> dict[str, Any]:
+    ledger = Ledger(stack.redis, stack.keys)
+    jobs = {job.id: job for job in ledger.get_many(job_ids)}
+    now = time.time()
+    by_state = Counter(
+        jobs[job_id].state.value if job_id in jobs else "absent" for job_id in job_ids
+    )
+    examples = [
+        {
+            "id": job.id,
+            "state": job.state.value,
+            "server": job.server_id,
+            "attempt": job.attempt,
+            "bridge": job.bridge_id,
+            "age_s": round(now - job.claimed_at, 1),
+            "history": job.history()[:300],
+        }
+        for job in list(jobs.values())[:5]
+    ]
+    return {"by_state": dict(by_state), "examples": examples}
+
+
+# One run ---------------------------------------------------------------------------------------
+
+
+def run_chaos(
+    messages: int,
+    seed: int,
+    *,
+    schedule: list[ChaosEvent] | None = None,
+    whole_schedule: bool = False,
+    rate: float = 0.0,
+    servers: list[SimServerSpec] | None = None,
+    extra_env: dict[str, str] | None = None,
+    quiet_timeout_s: float = 300.0,
+    work_dir: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run `messages` through a stack under chaos (a random schedule from `seed` unless one is
+    given) and count what became of them."""
+    specs = servers or chaos_fleet()
+    sent = chaos_messages(messages, seed)
+    ids = [str(message.id) for message in sent]
+    plan = schedule if schedule is not None else random_schedule(seed, [s.name for s in specs])
+    with LocalStack(specs, extra_env=extra_env, work_dir=work_dir) as stack:
+        with stack.queue_client() as queue:
+            global_before = float(queue.stats().get("globalScore", 0))
+        poster = Poster(stack, sent, rate)
+        chaos = Chaos(stack, plan, say)
+        began = time.monotonic()
+        poster.start()
+        chaos.start()
+        try:
+            left = wait_finished(
+                stack, ids, poster, chaos, whole_schedule=whole_schedule, timeout_s=quiet_timeout_s
+            )
+        finally:
+            poster.stopping.set()
+            chaos.stop()
+            poster.join(timeout=30)
+        elapsed = time.monotonic() - began
+        say(f"quiet after {elapsed:.1f}s" if not left else f"{len(left)} jobs not finished")
+        report = count_outcomes(stack, sent, global_before, chaos.record)
+        report.update(
+            {
+                "seed": seed,
+                "elapsed_s": round(elapsed, 1),
+                "events": dict(chaos.record.events),
+                "crash_details": chaos.record.crashes,
+                "stuck": len(left),
+            }
+        )
+        if left:
+            report["stuck_jobs"] = stuck_report(stack, left)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7, help="draws the messages and the chaos")
+    parser.add_argument("--rate", type=float, default=0.0, help="messages posted a second (0: all)")
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=300.0, help="seconds after the last post"
+    )
+    parser.add_argument("--keep-dir", type=Path, help="keep the stack's logs and data here")
+    args = parser.parse_args()
+    stop_on_sigterm()
+    if args.keep_dir:
+        args.keep_dir.mkdir(parents=True, exist_ok=True)
+    report = run_chaos(
+        args.messages,
+        args.seed,
+        rate=args.rate,
+        quiet_timeout_s=args.quiet_timeout,
+        work_dir=args.keep_dir,
+        say=lambda line: print(line, flush=True),
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Failover time: a server lost while it generates, until another server's reply is posted.
+
+    python bench/failover.py [--trials 20] [--tps 60] [--keep-dir DIR]
+
+Three simulated servers with the same model and a generation of about 1.7 s. Each trial posts one
+message, waits until its generation runs on some server X, then takes X away:
+  refused   X's simulator process is stopped (its connections refused, the running request cut);
+            timed from the moment the process has exited, then X's simulator is started again
+  vanished  X's worker is killed (SIGKILL), as a crashed or unplugged Mac; timed from the kill,
+            then X's worker is started again
+and measures until the reply is posted on the queue by another server, less that server's own
+generation time (ledger: generated_at - started_at of the final attempt). Trials alternate
+between the two kinds; before each, every server is online, healthy and out of its cooldown.
+
+Prints one JSON object as its last line: refused_s_p50/max, vanished_s_p50/max, trials, the
+heartbeat and loss settings measured with (the product defaults), and per kind the p50 of each
+stage (`stages_p50`): detect (loss → failure recorded in the ledger), replace (→ dispatched
+again), start (→ the other worker began), post (generation end → reply posted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from e2e import percentile  # beside this script, on sys.path when it runs
+from pydantic_settings import BaseSettings
+
+from orchestrator.ledger import Job, JobState, Ledger
+from orchestrator.messages import BotParams, NewMessage
+from orchestrator.settings import Settings
+from orchestrator.simulator import SimServerSpec
+from orchestrator.stack import LocalStack, stop_on_sigterm
+from orchestrator.waiting import wait_for
+from workers.settings import WorkerSettings
+
+LLAMA = "llama3.2:3b"  # the-eternal's model: 100 tokens a reply
+SERVERS = ("mac-a", "mac-b", "mac-c")
+KINDS = ("refused", "vanished")
+
+
+def fleet(tokens_per_second: float) -> list[SimServerSpec]:
+    return [
+        SimServerSpec(
+            name=name,
+            models=[LLAMA],
+            loaded=[LLAMA],
+            tokens_per_second=tokens_per_second,
+            parallel=2,
+        )
+        for name in SERVERS
+    ]
+
+
+def sim_active(stack: LocalStack, server_id: str) -> int:
+    try:
+        answer = httpx.get(f"{stack.sim_url(server_id)}/sim/stats", timeout=1.0)
+        return int(answer.json()["active"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return -1
+
+
+def ready(stack: LocalStack) -> bool:
+    """Every server usable at full capacity, nothing running anywhere."""
+    servers = {server.id: server for server in stack.fleet()}
+    if set(servers) != set(SERVERS):
+        return False
+    if any(
+        not (server.online and server.healthy) or server.cooling or server.inflight
+        for server in servers.values()
+    ):
+        return False
+    return all(sim_active(stack, server_id) == 0 for server_id in SERVERS)
+
+
+def running_on(stack: LocalStack, ledger: Ledger, job_id: str) -> str | None:
+    """The server whose simulator is generating the job's reply now, once it is."""
+    job = ledger.get(job_id)
+    if job is None or job.state is not JobState.DISPATCHED or not job.server_id:
+        return None
+    return job.server_id if sim_active(stack, job.server_id) > 0 else None
+
+
+def reply_posted_at(stack: LocalStack, job_id: str, after_ms: int) -> float | None:
+    with stack.queue_client() as queue:
+        for comment in queue.comments_after(after_ms):
+            if comment.get("replyTo") == job_id and comment.get("message-type") == "AI":
+                return int(comment["timestamp"]) / 1000
+    return None
+
+
+def finished_job(ledger: Ledger, job_id: str) -> Job | None:
+    job = ledger.get(job_id)
+    return job if job is not None and job.state.finished else None
+
+
+def take_away(stack: LocalStack, kind: str, server_id: str) -> tuple[float, float]:
+    """Take the server away; (when it began, when the server was gone)."""
+    began = time.time()
+    if kind == "refused":
+        # SIGTERM: the simulator refuses new connections at once and cuts the running request
+        # when uvicorn's graceful shutdown (1 s) ends, as it exits.
+        stack.processes[f"sim-{server_id}"].stop()
+    else:
+        stack.processes[f"worker-{server_id}"].kill()
+    return began, time.time()
+
+
+def bring_back(stack: LocalStack, kind: str, server_id: str) -> None:
+    if kind == "refused":
+        stack.start_sim(server_id)
+    else:
+        stack.start_worker(server_id)
+
+
+def trial(stack: LocalStack, ledger: Ledger, kind: str, index: int) -> dict[str, Any]:
+    wait_for(lambda: ready(stack), 120, interval=0.1, what="every server ready")
+    job_id = f"{kind}-{index}"
+    posted_ms = int(time.time() * 1000)
+    with stack.queue_client() as queue:
+        queue.post_comment(
+            NewMessage(
+                id=job_id,
+                text=f"failover trial {index}: what would you keep?",
+                username="bench",
+                botParams=BotParams(entity="the-eternal"),
+            )
+        )
+    server_id = wait_for(
+        lambda: running_on(stack, ledger, job_id), 30, interval=0.01, what=f"{job_id} running"
+    )
+    last_beat = float(stack.redis.hget(stack.keys.server(server_id), "last_beat") or 0)
+    began, gone = take_away(stack, kind, server_id)
+    reply_at = wait_for(
+        lambda: reply_posted_at(stack, job_id, posted_ms - 1000), 60, 0.05, f"{job_id} reply"
+    )
+    job = wait_for(lambda: finished_job(ledger, job_id), 30, what=f"{job_id} finished")
+    bring_back(stack, kind, server_id)
+    if job.server_id == server_id or job.outcome != "answered":
+        raise RuntimeError(f"{job_id}: not answered elsewhere: {job.model_dump_json()}")
+    generation = (job.generated_at or 0.0) - (job.started_at or 0.0)
+    failure = job.attempts[-1]
+    return {
+        "kind": kind,
+        "server": server_id,
+        "to": job.server_id,
+        "failover_s": reply_at - gone - generation,
+        "since_signal_s": reply_at - began - generation,
+        "beat_age_at_loss_s": gone - last_beat,
+        "failure": f"{failure.error_kind}: {failure.error}",
+        "stages": {
+            "detect": failure.at - gone,
+            "replace": (job.dispatched_at or 0.0) - failure.at,
+            "start": (job.started_at or 0.0) - (job.dispatched_at or 0.0),
+            "generate": generation,
+            "post": reply_at - (job.generated_at or 0.0),
+        },
+    }
+
+
+def summary(results: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    mine = [result for result in results if result["kind"] == kind]
+    times = [result["failover_s"] for result in mine]
+    stages = {
+        stage: round(statistics.median(result["stages"][stage] for result in mine), 3)
+        for stage in mine[0]["stages"]
+    }
+    return {
+        f"{kind}_s_p50": round(statistics.median(times), 3),
+        f"{kind}_s_p90": round(percentile(times, 0.9), 3),
+        f"{kind}_s_max": round(max(times), 3),
+        f"{kind}_trials": len(mine),
+        f"{kind}_stages_p50": stages,
+        f"{kind}_since_signal_s_p50": round(
+            statistics.median(result["since_signal_s"] for result in mine), 3
+        ),
+        f"{kind}_failures": sorted({result["failure"].split(":")[0] for result in mine}),
+    }
+
+
+def rounded(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: round(value, 3) if isinstance(value, float) else value
+        for key, value in result.items()
+        if key != "stages"
+    } | {"stages": {stage: round(value, 3) for stage, value in result["stages"].items()}}
+
+
+def default(settings: type[BaseSettings], name: str) -> Any:
+    return settings.model_fields[name].default
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trials", type=int, default=20, help="trials of each kind")
+    parser.add_argument(
+        "--tps", type=float, default=60.0, help="simulated tokens/s (100 tokens a reply)"
+    )
+    parser.add_argument("--keep-dir", type=Path, help="keep the stack's logs and data here")
+    args = parser.parse_args()
+    stop_on_sigterm()
+    if args.keep_dir:
+        args.keep_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    with LocalStack(fleet(args.tps), work_dir=args.keep_dir) as stack:
+        ledger = Ledger(stack.redis, stack.keys)
+        for index in range(args.trials):
+            for kind in KINDS:
+                result = trial(stack, ledger, kind, index)
+                results.append(result)
+                print(json.dumps(rounded(result)), flush=True)
+    report: dict[str, Any] = {
+        "trials": args.trials,
+        **{key: value for kind in KINDS for key, value in summary(results, kind).items()},
+        # The stack's processes run with the product defaults (no OLLAMA_CLOUD_ override).
+        "heartbeat_interval_s": default(WorkerSettings, "heartbeat_interval_s"),
+        "heartbeat_ttl_s": default(WorkerSettings, "heartbeat_ttl_s"),
+        "server_lost_after_s": default(Settings, "server_lost_after_s"),
+        "sweep_interval_s": default(Settings, "sweep_interval_s"),
+        "retry_backoff_s": default(Settings, "retry_backoff_s"),
+        "generation_s": round(100 / args.tps, 2),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
