@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -77,6 +78,15 @@ def sweep(services: Services, app: Celery | None = None) -> dict[str, int]:
     counts = {"rerouted": 0, "redelivered": 0, "handed_over": 0, "given_up": 0}
     now, fleet = services.fleet.read_at()
     by_id = {server.id: server for server in fleet}
+    gone: dict[str, str] = {}
+    for server in services.fleet.gone_workers(fleet, now):
+        if services.fleet.remove_gone(server):
+            gone[server.id] = (
+                f"its worker's connections to Redis closed, no heartbeat for "
+                f"{now - server.last_beat:.1f}s"
+            )
+            by_id[server.id] = replace(server, online=False)
+            log.warning("server=%s worker gone: %s", server.id, gone[server.id])
     counts["released"] = release_leaked(services, fleet)
     counts["purged"] = purge_returned(services, by_id)
     ids = services.ledger.active_job_ids()
@@ -96,7 +106,7 @@ def sweep(services: Services, app: Celery | None = None) -> dict[str, int]:
             elif deadline and now > deadline and state not in {"delivering", "dispatched"}:
                 counts["given_up"] += give_up_overdue(services, job_id, state)
             elif state == "dispatched":
-                check_dispatched(services, job_id, row, by_id, now, counts, app)
+                check_dispatched(services, job_id, row, by_id, now, counts, app, gone)
             elif state == "delivering":
                 stalled = now - float(row["delivering_at"] or 0) > settings.delivery_stall_s
                 if deadline and now > deadline + DELIVERY_GRACE_STALLS * settings.delivery_stall_s:
@@ -121,9 +131,11 @@ def check_dispatched(
     now: float,
     counts: dict[str, int],
     app: Celery | None,
+    gone: dict[str, str] | None = None,
 ) -> None:
     """A dispatched job: its result may be waiting for a delivery that was lost, or its server
-    may have stopped beating, or it may be past its deadline."""
+    may have stopped beating (or its worker be `gone`, with why), or it may be past its
+    deadline."""
     settings = services.settings
     result_at = float(row["result_at"] or 0)
     if result_at and now - result_at > settings.delivery_stall_s:
@@ -141,8 +153,9 @@ def check_dispatched(
     restarted = bool(server and started_at and started_at < server.booted_at)
     if server is None or not server.online or never_began or restarted:
         job = services.ledger.get(job_id)
+        lost_why = (gone or {}).get(row["server_id"] or "")
         if job is not None and reroute_from_lost(
-            services, job, now, never_began=never_began, restarted=restarted
+            services, job, now, never_began=never_began, restarted=restarted, gone=lost_why
         ):
             counts["rerouted"] += 1
     elif deadline and now > deadline:
@@ -150,7 +163,13 @@ def check_dispatched(
 
 
 def reroute_from_lost(
-    services: Services, job: Job, now: float, *, never_began: bool, restarted: bool = False
+    services: Services,
+    job: Job,
+    now: float,
+    *,
+    never_began: bool,
+    restarted: bool = False,
+    gone: str | None = None,
 ) -> bool:
     """The job's server stopped beating, or no worker began the job (its task was lost): it
     goes to a server again, the attempt moves on (so a late start or result of the old one is
@@ -161,6 +180,8 @@ def reroute_from_lost(
         kind, error = "not_started", f"no worker began it within {settings.start_lost_after_s:g}s"
     elif restarted:
         kind, error = "worker_restarted", "its worker restarted while running it"
+    elif gone:
+        kind, error = "server_lost", gone
     else:
         kind, error = "server_lost", f"no heartbeat for over {settings.server_lost_after_s:g}s"
     lost = Attempt(attempt=job.attempt, server_id=server_id, error_kind=kind, error=error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -99,6 +100,18 @@ if tonumber(ARGV[7]) > 0 then blend(ARGV[6], tonumber(ARGV[7])) end
 return 1
 """
 LATENCY_ALPHA = 0.2
+
+# A gone worker's record goes, unless it beat again meanwhile. KEYS: record, event channel.
+# ARGV: the last beat it was judged by, server id.
+REMOVE_GONE = """
+if redis.call('HGET', KEYS[1], 'last_beat') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], 'gone:' .. ARGV[2])
+return 1
+"""
+# A worker with no connection to Redis left is taken for gone once its next beat is this many
+# intervals late: not on a connection that blinked between two beats.
+GONE_AFTER_BEATS = 1.5
 # Ollama reports a few milliseconds of load for a model already in memory; more is a cold load.
 COLD_LOAD_MS = 250.0
 
@@ -129,6 +142,8 @@ class ServerView:
     worker_version: str = ""
     booted_at: float = 0.0  # the worker's start, on its own clock (as its jobs' starts are)
     last_beat: float = 0.0
+    beat_interval_s: float = 0.0  # how often the worker beats (0: unknown)
+    client_name: str = ""  # the name of the worker's Redis connections
     speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
     failures: int = 0  # failed in a row (the circuit breaker)
     cooling_s: float = 0.0  # left out of routing this much longer
@@ -165,8 +180,10 @@ def server_from_record(server_id: str, record: dict[str, str], inflight: int) ->
         capacity = int(record.get("capacity", "1"))
         priority = int(record.get("priority", "0"))
         last_beat = float(record.get("last_beat", "0"))
+        booted_at = float(record.get("booted_at") or 0)
+        beat_interval_s = float(record.get("beat_interval_s") or 0)
     except ValueError:
-        capacity, priority, last_beat = 1, 0, 0.0
+        capacity, priority, last_beat, booted_at, beat_interval_s = 1, 0, 0.0, 0.0, 0.0
     return ServerView(
         id=server_id,
         capacity=capacity,
@@ -179,8 +196,10 @@ def server_from_record(server_id: str, record: dict[str, str], inflight: int) ->
         priority=priority,
         ollama_url=record.get("ollama_url", ""),
         worker_version=record.get("worker_version", ""),
-        booted_at=float(record.get("booted_at") or 0),
+        booted_at=booted_at,
         last_beat=last_beat,
+        beat_interval_s=beat_interval_s,
+        client_name=record.get("client_name", ""),
     )
 
 
@@ -231,6 +250,7 @@ class Fleet:
         self._latency = client.register_script(RECORD_LATENCY)
         self._failure = client.register_script(RECORD_FAILURE)
         self._release_leaked = client.register_script(RELEASE_LEAKED)
+        self._remove_gone = client.register_script(REMOVE_GONE)
 
     def release_leaked(self, server_id: str) -> list[str]:
         """Free the server's slots held by jobs that no longer hold them; their ids."""
@@ -268,6 +288,41 @@ class Fleet:
                 server = replace(server, speeds=speeds)
             servers.append(with_breaker(server, pairs_to_dict(flat[index + 4]), now))
         return now, sorted(servers, key=lambda server: server.id)
+
+    def gone_workers(self, servers: Iterable[ServerView], now: float) -> list[ServerView]:
+        """Online servers whose worker process is gone: a beat overdue and not one of its
+        Redis connections left open. The kernel closes a killed process's sockets, so a crashed
+        worker is found in about a beat, long before its record would expire; a Mac cut off
+        without a word is still found by its beats stopping. After a Redis restart, while
+        workers reconnect, nobody is judged by connections."""
+        overdue = [
+            server
+            for server in servers
+            if server.online
+            and server.client_name
+            and server.beat_interval_s > 0
+            and now - server.last_beat > GONE_AFTER_BEATS * server.beat_interval_s
+        ]
+        if not overdue:
+            return []
+        try:
+            if int(self.redis.info("server").get("uptime_in_seconds", 0)) < self.lost_after_s:
+                return []
+            clients = self.redis.client_list(_type="normal")
+        except redis.ResponseError as exc:  # CLIENT or INFO not allowed: beats alone tell
+            log.debug("worker connections not visible: %s", exc)
+            return []
+        connected = {str(client.get("name", "")) for client in clients}
+        return [server for server in overdue if server.client_name not in connected]
+
+    def remove_gone(self, server: ServerView) -> bool:
+        """Take a gone worker's record away (its next beat, if any, writes it again) and tell
+        the bridges, which stop placing work there at once."""
+        removed = self._remove_gone(
+            keys=[self.keys.server(server.id), self.keys.slot_events],
+            args=[f"{server.last_beat:.3f}", server.id],
+        )
+        return bool(removed)
 
     def record_failure(self, server_id: str, base_s: float, longest_s: float) -> float:
         """One more failure in a row: the server cools down for longer each time. Returns the

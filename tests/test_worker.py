@@ -1,4 +1,5 @@
-"""The Mac's side: the Ollama client's error mapping, and a real worker's heartbeat record."""
+"""The Mac's side: the Ollama client's error mapping, and a real worker's heartbeat record and
+liveness."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from orchestrator.embedded_redis import free_port
+from orchestrator.fleet import Fleet
 from orchestrator.processes import ManagedProcess, python_command
 from orchestrator.simulator import SimServerSpec, SimulatorFleet
 from orchestrator.waiting import wait_for
@@ -155,6 +157,42 @@ def test_worker_without_ollama_is_recorded_unhealthy(redis_url: str, tmp_path: P
         )
         assert record["ollama_healthy"] == "0"
         assert json.loads(record["models"]) == []
+    finally:
+        worker.stop()
+        client.close()
+
+
+def test_a_killed_worker_is_seen_gone_before_its_record_expires(
+    sim: SimulatorFleet, redis_url: str, tmp_path: Path
+) -> None:
+    """Its connections to Redis close with it: gone about a beat after its last one, while a
+    live worker whose beat is late is not taken for gone, nor is a dead one whose beat is not
+    yet due."""
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    fleet = Fleet(client, keys, lost_after_s=3.0)
+    worker = start_worker(redis_url, sim.urls["mac-1"], "mac-1", tmp_path)
+    try:
+        wait_for(lambda: client.exists(keys.server("mac-1")), timeout=30, what="the record")
+        # Right after a Redis (re)start nobody is judged by connections.
+        wait_for(lambda: int(client.info("server")["uptime_in_seconds"]) >= 3, 10, 0.2)
+        now, [server] = fleet.read_at()
+        assert server.client_name == keys.worker_client("mac-1")
+        assert server.beat_interval_s == 1.0
+        # Live: however late its beat is taken to be, a connection of its is open.
+        assert fleet.gone_workers([server], now + 30) == []
+        worker.kill()
+        _, [server] = fleet.read_at()
+        assert fleet.gone_workers([server], server.last_beat + 0.5) == []  # no beat due yet
+        gone = wait_for(
+            lambda: fleet.gone_workers(*reversed(fleet.read_at())), 10, what="seen gone"
+        )
+        assert [entry.id for entry in gone] == ["mac-1"]
+        # Seen before the record's TTL (3 s) would have ended it.
+        assert client.pttl(keys.server("mac-1")) > 0
+        assert fleet.remove_gone(gone[0])
+        assert client.exists(keys.server("mac-1")) == 0
+        assert not fleet.remove_gone(gone[0])  # once
     finally:
         worker.stop()
         client.close()

@@ -75,6 +75,8 @@ class HeartbeatThread(threading.Thread):
         now = seconds + micros / 1e6
         record["last_beat"] = f"{now:.3f}"
         record["booted_at"] = self.booted_at
+        record["client_name"] = keys.worker_client(self.rt.server_id)
+        record["beat_interval_s"] = f"{self.rt.settings.heartbeat_interval_s:g}"
         pipe = self.rt.redis.pipeline(transaction=True)
         mapping: dict[Any, Any] = record
         pipe.hset(keys.server(self.rt.server_id), mapping=mapping)

@@ -26,6 +26,11 @@ class Keys:
         """Sorted set: each server's last heartbeat time, kept after its record expires."""
         return f"{self.prefix}:servers:last-seen"
 
+    def worker_client(self, server_id: str) -> str:
+        """The name a server's worker gives its Redis connections (CLIENT SETNAME): while any
+        is open the worker process lives; all closed at once means it died."""
+        return f"{self.prefix}:worker:{''.join(server_id.split())}"
+
     def inflight(self, server_id: str) -> str:
         """Set of job ids running on a server: a set, not a counter, so it cannot drift."""
         return f"{self.prefix}:inflight:{server_id}"

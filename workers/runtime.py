@@ -22,12 +22,14 @@ class WorkerRuntime:
 
     @classmethod
     def build(cls, settings: WorkerSettings, server_id: str) -> WorkerRuntime:
+        keys = Keys(settings.key_prefix)
         return cls(
             settings=settings,
             server_id=server_id,
-            keys=Keys(settings.key_prefix),
+            keys=keys,
             redis=redis.Redis.from_url(
                 settings.redis_url,
+                client_name=keys.worker_client(server_id),
                 decode_responses=True,
                 health_check_interval=30,
                 socket_timeout=10,
