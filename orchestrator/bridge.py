@@ -171,15 +171,25 @@ class Bridge:
         if now >= self._retry_check_at:
             self.take_retries(fleet)
         progressed = self.place_waiting(fleet)
-        # Only slots that some entity's model can use count as room to claim into.
-        free_slots = sum(
-            server.free_slots for server in fleet if server.models & self.entity_models
-        )
         if time.monotonic() < self._queue_empty_until:
             return progressed
-        if self.respects_capacity and free_slots <= len(self.waiting):
+        if self.respects_capacity and not self.room_to_claim(fleet):
             return progressed
         return self.claim_one(fleet) or progressed
+
+    def room_to_claim(self, fleet: list[ServerView]) -> bool:
+        """Whether a message claimed now could use a free slot: more slots are free than jobs
+        wait here, or one is free on a server that runs none of the waiting jobs' models (a
+        server for one model would idle behind jobs for another). Only slots that some
+        entity's model can use count, and never more jobs wait here than the fleet has slots."""
+        usable = [server for server in fleet if server.models & self.entity_models]
+        free_slots = sum(server.free_slots for server in usable)
+        if len(self.waiting) < free_slots:
+            return True
+        if not free_slots or len(self.waiting) >= sum(s.usable_capacity for s in usable):
+            return False
+        wanted = {ready.model for ready in self.waiting}
+        return any(server.free_slots and not server.models & wanted for server in usable)
 
     def say_alive(self) -> None:
         """While this key lives, the jobs this bridge holds are its own; when it expires the

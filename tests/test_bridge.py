@@ -200,3 +200,52 @@ def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bri
     remaining = [queued_attempt(raw) for raw in services.redis.lrange("mac-9", 0, -1)]
     assert remaining == [("current", 1)]
     assert services.redis.smembers(keys.lost_servers) == set()
+
+
+def run_until_still(bridge: Bridge, steps: int = 50) -> None:
+    for _ in range(steps):
+        if not bridge.step():
+            return
+    raise AssertionError("the bridge kept moving")
+
+
+def queue_up(bridge: Bridge, db_path: Path, order: list[tuple[str, str]]) -> None:
+    """A llama server and a qwen server of one slot each, and messages in this order."""
+    register_server(bridge, "llama-box", "llama3.2:3b")
+    register_server(bridge, "qwen-box", "qwen2.5:7b")
+    rows = [
+        hostile_row(
+            message_id, {"text": "hi", "username": "ada", "timestamp": at, "entity": entity}
+        )
+        for at, (message_id, entity) in enumerate(order, start=1)
+    ]
+    insert_rows(db_path, rows)
+    run_until_still(bridge)
+
+
+def test_a_server_for_another_model_does_not_idle_behind_waiting_jobs(
+    bridge: Bridge, queue_db: tuple[str, Path]
+) -> None:
+    """A llama job waits for the llama server; the free qwen slot still gets the qwen message
+    behind it."""
+    _, db_path = queue_db
+    order = [("l1", "the-eternal"), ("l2", "the-eternal"), ("q1", "the-critic"),
+             ("l3", "the-eternal")]  # fmt: skip
+    queue_up(bridge, db_path, order)
+    jobs = {job.id: job for job in bridge.services.ledger.get_many(["l1", "q1"])}
+    assert (jobs["l1"].state, jobs["l1"].server_id) == (JobState.DISPATCHED, "llama-box")
+    assert (jobs["q1"].state, jobs["q1"].server_id) == (JobState.DISPATCHED, "qwen-box")
+    assert [ready.job_id for ready in bridge.waiting] == ["l2"]
+    # No slot is free: the rest stay on the site, in its order.
+    assert statuses(db_path)["l3"] == "pending"
+
+
+def test_no_more_jobs_wait_in_the_bridge_than_the_fleet_has_slots(
+    bridge: Bridge, queue_db: tuple[str, Path]
+) -> None:
+    """The qwen slot stays free with only llama messages about: the bridge looks a little
+    ahead for one that could use it, and no further."""
+    _, db_path = queue_db
+    queue_up(bridge, db_path, [(f"l{index}", "the-eternal") for index in range(1, 6)])
+    assert sorted(ready.job_id for ready in bridge.waiting) == ["l2", "l3"]
+    assert [statuses(db_path)[f"l{index}"] for index in (4, 5)] == ["pending", "pending"]
