@@ -372,3 +372,90 @@ def test_a_worker_restarted_at_once_mid_job_loses_nothing(stack: LocalStack) -> 
     assert kinds in (["worker_restarted"], ["server_lost"]), kinds
     assert job.finished_at is not None
     assert job.finished_at - job.claimed_at < 15
+
+
+def fail_every_server(stack: LocalStack) -> None:
+    for spec in stack.specs:
+        httpx.post(
+            f"{stack.sim_url(spec.name)}/sim/faults", json={"fail_next": 1000, "status": 500}
+        )
+
+
+def assert_dead_after_every_server(stack: LocalStack, message_id: str) -> Job:
+    """Dead after its three attempts: both servers tried, the last after waiting out a
+    cooldown rather than failing at once; completed on the site; a dead letter with each
+    attempt's server and error."""
+    [job] = wait_finished(stack, [message_id]).values()
+    assert job.state is JobState.DEAD
+    assert [entry.error_kind for entry in job.attempts] == ["server_error"] * 3
+    assert {entry.server_id for entry in job.attempts} == {"a", "b"}
+    assert all(entry.error for entry in job.attempts)
+    assert "3 attempts failed" in (job.reason or "")
+    assert message_id in Ledger(stack.redis, stack.keys).dead_job_ids()
+    assert comments(stack)[message_id]["botParams"]["status"] == "complete"
+    return job
+
+
+def ai_replies_to(stack: LocalStack, message_id: str) -> list[dict[str, Any]]:
+    return [
+        comment
+        for comment in comments(stack).values()
+        if comment.get("replyTo") == message_id and comment.get("message-type") == "AI"
+    ]
+
+
+def test_every_server_failing_ends_in_a_dead_letter_and_no_reply(stack: LocalStack) -> None:
+    fail_every_server(stack)
+    [message_id] = post(stack, 1)
+    job = assert_dead_after_every_server(stack, message_id)
+    assert not job.apology_posted
+    assert ai_replies_to(stack, message_id) == []  # no apology unless the operator set one
+
+
+def test_the_operators_apology_is_posted_once_when_every_attempt_failed(
+    stack: LocalStack,
+) -> None:
+    apology = "Sorry, nobody could answer just now."
+    stack.processes["control"].stop()
+    stack.extra_env["OLLAMA_CLOUD_APOLOGY_TEXT"] = apology
+    try:
+        stack.start_control()
+        fail_every_server(stack)
+        [message_id] = post(stack, 1)
+        job = assert_dead_after_every_server(stack, message_id)
+        assert job.apology_posted
+        [reply] = ai_replies_to(stack, message_id)
+        assert reply["text"] == apology
+        assert reply["username"] == "TheCritic"  # the entity's, as a real reply's would be
+    finally:
+        stack.processes["control"].stop()
+        del stack.extra_env["OLLAMA_CLOUD_APOLOGY_TEXT"]
+        stack.start_control()
+
+
+def test_a_job_past_its_deadline_is_given_up_with_its_reason(stack: LocalStack) -> None:
+    """Its server holds the request without an answer: at the deadline the sweep ends the job,
+    completed on the site, a dead letter that says why, and no reply."""
+    bridges = ("bridge", "bridge-2")
+    for name in bridges:
+        stack.processes[name].stop()
+    stack.extra_env["OLLAMA_CLOUD_JOB_DEADLINE_S"] = "3"
+    try:
+        for name in bridges:
+            restart(stack, name)
+        message_id = hang_on_a_then_post(stack)
+        [job] = wait_finished(stack, [message_id], timeout=30).values()
+        assert job.state is JobState.DEAD
+        assert "deadline passed (dispatched)" in (job.reason or "")
+        assert job.finished_at is not None
+        assert 3 <= job.finished_at - job.claimed_at < 10
+        assert message_id in Ledger(stack.redis, stack.keys).dead_job_ids()
+        assert comments(stack)[message_id]["botParams"]["status"] == "complete"
+        assert ai_replies_to(stack, message_id) == []
+        assert stack.redis.smembers(stack.keys.inflight("a")) == set()  # its slot is free
+    finally:
+        for name in bridges:
+            stack.processes[name].stop()
+        del stack.extra_env["OLLAMA_CLOUD_JOB_DEADLINE_S"]
+        # The held request ends with its simulator; the fixture starts everything again.
+        stack.processes["sim-a"].stop()
