@@ -37,7 +37,9 @@ def stack() -> Iterator[LocalStack]:
                       tokens_per_second=400, parallel=2),
     ]  # fmt: skip
     env = {"OLLAMA_CLOUD_HEARTBEAT_TTL_S": str(TTL_S)}
-    with LocalStack(servers, extra_env=env, bridges=2) as running:
+    # cold's load (1 s) outlasts its worker's connect timeout: only the read timeout covers it.
+    worker_env = {"cold": {"OLLAMA_CLOUD_CONNECT_TIMEOUT_S": "0.3"}}
+    with LocalStack(servers, extra_env=env, worker_env=worker_env, bridges=2) as running:
         running.processes["worker-late"].stop()
         wait_for(lambda: not online(running, "late"), 10, what="late offline")
         yield running
@@ -137,6 +139,27 @@ def test_a_killed_worker_is_offline_within_its_ttl(stack: LocalStack) -> None:
     killed = time.monotonic()
     wait_for(lambda: not online(stack, "late"), TTL_S + 5, what="late offline")
     assert time.monotonic() - killed <= TTL_S + 1.5
+
+
+def test_a_first_model_load_is_not_a_failure(stack: LocalStack, poster: Poster) -> None:
+    """With warm stopped and late gone, cold is the one server with the model: its 1 s load,
+    past its connect timeout of 0.3 s, is waited out and the job answered at the first attempt."""
+    loads_before = sim_stats(stack, "cold")["cold_loads"]
+    stack.processes["worker-warm"].stop()
+    try:
+        ids = poster.post("the-eternal", "first-load")
+        wait_for(lambda: finished(stack, ids), 30, what="answered")
+        [job] = Ledger(stack.redis, stack.keys).get_many(ids)
+        assert (job.outcome, job.server_id, job.attempt, job.attempts) == (
+            "answered",
+            "cold",
+            1,
+            [],
+        )
+        assert sim_stats(stack, "cold")["cold_loads"] == loads_before + 1
+        assert stack.redis.hgetall(stack.keys.breaker("cold")) == {}
+    finally:
+        stack.start_worker("warm")
 
 
 def test_two_bridges_never_exceed_any_servers_slots(stack: LocalStack, poster: Poster) -> None:
