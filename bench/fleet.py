@@ -118,6 +118,10 @@ def utilization(jobs: list[Job], capacity: int) -> float:
 def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[str, Any]:
     specs = heterogeneous_fleet()
     env = {"OLLAMA_CLOUD_ROUTING_POLICY": policy, "OLLAMA_CLOUD_EQ_ENABLED": "false"}
+    if policy != "soonest":
+        # These overfill servers on purpose, so tasks wait in a server's queue for minutes:
+        # not a lost task to be sent again, as it would be under our router.
+        env["OLLAMA_CLOUD_START_LOST_AFTER_S"] = "3600"
     regions = {spec.name: {"OLLAMA_CLOUD_REGION": REGIONS.get(spec.name, "eu")} for spec in specs}
     with LocalStack(specs, extra_env=env, worker_env=regions) as stack:
         register_phantoms(stack, phantoms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -289,7 +289,7 @@ class Fleet:
             servers.append(with_breaker(server, pairs_to_dict(flat[index + 4]), now))
         return now, sorted(servers, key=lambda server: server.id)
 
-    def gone_workers(self, servers: Iterable[ServerView], now: float) -> list[ServerView]:
+    def gone_workers(self, servers: Collection[ServerView], now: float) -> list[ServerView]:
         """Online servers whose worker process is gone: a beat overdue and not one of its
         Redis connections left open. The kernel closes a killed process's sockets, so a crashed
         worker is found in about a beat, long before its record would expire; a Mac cut off
@@ -313,6 +313,8 @@ class Fleet:
             log.debug("worker connections not visible: %s", exc)
             return []
         connected = {str(client.get("name", "")) for client in clients}
+        if not connected & {server.client_name for server in servers if server.online}:
+            return []  # no worker's name shows (a proxy in between): beats alone tell
         return [server for server in overdue if server.client_name not in connected]
 
     def remove_gone(self, server: ServerView) -> bool:

@@ -171,28 +171,35 @@ def test_a_killed_worker_is_seen_gone_before_its_record_expires(
     keys = Keys()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     fleet = Fleet(client, keys, lost_after_s=3.0)
-    worker = start_worker(redis_url, sim.urls["mac-1"], "mac-1", tmp_path)
+    workers = [
+        start_worker(redis_url, sim.urls["mac-1"], queue, tmp_path) for queue in ("mac-1", "mac-2")
+    ]
     try:
-        wait_for(lambda: client.exists(keys.server("mac-1")), timeout=30, what="the record")
+        wait_for(lambda: len(fleet.read()) == 2, timeout=30, what="both records")
         # Right after a Redis (re)start nobody is judged by connections.
         wait_for(lambda: int(client.info("server")["uptime_in_seconds"]) >= 3, 10, 0.2)
-        now, [server] = fleet.read_at()
-        assert server.client_name == keys.worker_client("mac-1")
-        assert server.beat_interval_s == 1.0
-        # Live: however late its beat is taken to be, a connection of its is open.
-        assert fleet.gone_workers([server], now + 30) == []
-        worker.kill()
-        _, [server] = fleet.read_at()
-        assert fleet.gone_workers([server], server.last_beat + 0.5) == []  # no beat due yet
+        now, servers = fleet.read_at()
+        assert [server.client_name for server in servers] == [
+            keys.worker_client("mac-1"),
+            keys.worker_client("mac-2"),
+        ]
+        assert {server.beat_interval_s for server in servers} == {1.0}
+        # Live: however late their beats are taken to be, a connection of each is open.
+        assert fleet.gone_workers(servers, now + 30) == []
+        workers[0].kill()
+        _, servers = fleet.read_at()
+        assert fleet.gone_workers(servers, servers[0].last_beat + 0.5) == []  # no beat due yet
         gone = wait_for(
             lambda: fleet.gone_workers(*reversed(fleet.read_at())), 10, what="seen gone"
         )
-        assert [entry.id for entry in gone] == ["mac-1"]
+        assert [server.id for server in gone] == ["mac-1"]
         # Seen before the record's TTL (3 s) would have ended it.
         assert client.pttl(keys.server("mac-1")) > 0
         assert fleet.remove_gone(gone[0])
         assert client.exists(keys.server("mac-1")) == 0
         assert not fleet.remove_gone(gone[0])  # once
+        assert client.exists(keys.server("mac-2")) == 1
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         client.close()

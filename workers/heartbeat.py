@@ -54,7 +54,7 @@ def server_record(
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, rt: WorkerRuntime, capacity: int) -> None:
+    def __init__(self, rt: WorkerRuntime, capacity: int, booted_at: float | None = None) -> None:
         super().__init__(name=f"heartbeat-{rt.server_id}", daemon=True)
         self.rt = rt
         self.capacity = capacity
@@ -63,7 +63,7 @@ class HeartbeatThread(threading.Thread):
         self._models: list[str] = []
         # This worker's start, on the clock that also stamps the starts of its jobs: a job
         # begun before it was begun by an earlier run of the worker, and is lost with it.
-        self.booted_at = f"{time.time():.3f}"
+        self.booted_at = f"{time.time() if booted_at is None else booted_at:.3f}"
 
     def beat(self) -> None:
         record = server_record(self.rt, self.capacity, self._models)
@@ -139,6 +139,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.thread: HeartbeatThread | None = None
+        self.booted_at = time.time()  # before the pool or the consumer can begin a task
 
     def start(self, worker: Any) -> None:
         settings = WorkerSettings()
@@ -148,7 +149,7 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         rt = WorkerRuntime.build(settings, server_id)
         worker_runtime.install(rt)
         capacity = settings.capacity or int(worker.concurrency)
-        self.thread = HeartbeatThread(rt, capacity)
+        self.thread = HeartbeatThread(rt, capacity, self.booted_at)
         self.thread.start()
         log.info(
             "server=%s worker up: ollama=%s capacity=%d", server_id, settings.ollama_url, capacity
