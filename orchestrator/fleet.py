@@ -76,12 +76,11 @@ redis.call('PUBLISH', ARGV[4], 'cool:' .. ARGV[5])
 return tostring(cooldown)
 """
 
-# Each listed server's in-flight count and whether its record is alive, in one step.
+# Each listed server's in-flight count, in one step.
 REFRESH_INFLIGHT = """
 local out = {}
-for index = 3, #ARGV do
+for index = 2, #ARGV do
   out[#out + 1] = redis.call('SCARD', ARGV[1] .. ARGV[index])
-  out[#out + 1] = redis.call('EXISTS', ARGV[2] .. ARGV[index])
 end
 return out
 """
@@ -340,22 +339,16 @@ class Fleet:
         pipe.delete(self.keys.breaker(server_id))
 
     def refresh_inflight(self, servers: list[ServerView]) -> list[ServerView]:
-        """The same servers with their in-flight counts read again, and any whose record has
-        expired marked offline: one round trip, cheap enough for every step, while the records
-        themselves change only with heartbeats."""
+        """The same servers with their in-flight counts read again: one round trip, cheap
+        enough for every step, while the records themselves change only with heartbeats (a
+        server that stops or is found gone says so on the event channel)."""
         if not servers:
             return []
-        replies = self._refresh(
-            args=[self.keys.inflight(""), self.keys.server(""), *(s.id for s in servers)]
-        )
-        fresh = []
-        for index, known in enumerate(servers):
-            count, alive = int(replies[2 * index]), bool(replies[2 * index + 1])
-            view = (
-                known if alive or not known.online else replace(known, online=False, healthy=False)
-            )
-            fresh.append(view if view.inflight == count else replace(view, inflight=count))
-        return fresh
+        counts = self._refresh(args=[self.keys.inflight(""), *(s.id for s in servers)])
+        return [
+            known if known.inflight == count else replace(known, inflight=count)
+            for known, count in zip(servers, map(int, counts), strict=True)
+        ]
 
     def reserve(
         self,
