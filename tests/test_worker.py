@@ -100,7 +100,9 @@ def test_no_answer_within_read_timeout(sim: SimulatorFleet) -> None:
         client.chat(chat("hello"))
 
 
-def start_worker(redis_url: str, ollama_url: str, queue: str, tmp_path: Path) -> ManagedProcess:
+def start_worker(
+    redis_url: str, ollama_url: str, queue: str, tmp_path: Path, **settings: str
+) -> ManagedProcess:
     env = {
         name: value for name, value in os.environ.items() if not name.startswith("OLLAMA_CLOUD_")
     }
@@ -110,6 +112,7 @@ def start_worker(redis_url: str, ollama_url: str, queue: str, tmp_path: Path) ->
         OLLAMA_CLOUD_LOCATION="desk",
         OLLAMA_CLOUD_HEARTBEAT_TTL_S="3",
     )
+    env.update({f"OLLAMA_CLOUD_{name.upper()}": value for name, value in settings.items()})
     argv = python_command(
         "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-c", "2",
         "-n", f"{queue}@%h", "--without-mingle", "--without-gossip",
@@ -202,4 +205,19 @@ def test_a_killed_worker_is_seen_gone_before_its_record_expires(
     finally:
         for worker in workers:
             worker.stop()
+        client.close()
+
+
+def test_capacity_is_never_more_than_the_worker_runs_at_once(
+    sim: SimulatorFleet, redis_url: str, tmp_path: Path
+) -> None:
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    worker = start_worker(redis_url, sim.urls["mac-1"], "mac-1", tmp_path, capacity="5")
+    try:
+        record = wait_for(lambda: client.hgetall(keys.server("mac-1")), 30, what="the record")
+        assert record["capacity"] == "2"  # -c 2: more slots would only queue
+        wait_for(lambda: "exceeds the worker's concurrency" in worker.log_tail(), 10)
+    finally:
+        worker.stop()
         client.close()

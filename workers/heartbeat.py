@@ -148,7 +148,14 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         )
         rt = WorkerRuntime.build(settings, server_id)
         worker_runtime.install(rt)
-        capacity = settings.capacity or int(worker.concurrency)
+        concurrency = int(worker.concurrency)
+        capacity = min(settings.capacity or concurrency, concurrency)
+        if settings.capacity and settings.capacity > concurrency:
+            # More slots than threads: jobs would wait in the queue, counted as running.
+            log.warning(
+                "server=%s capacity %d exceeds the worker's concurrency %d: using %d",
+                server_id, settings.capacity, concurrency, concurrency,
+            )  # fmt: skip
         self.thread = HeartbeatThread(rt, capacity, self.booted_at)
         self.thread.start()
         log.info(
