@@ -21,6 +21,7 @@ from orchestrator.fleet import ServerView
 from orchestrator.ledger import UNPLACED_STATES, Attempt, Job, JobState
 from orchestrator.redis_client import texts
 from orchestrator.services import Services, process_services
+from orchestrator.settings import Settings
 from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def check_dispatched(
     now: float,
     counts: dict[str, int],
     app: Celery | None,
-    gone: dict[str, str] | None = None,
+    gone: dict[str, str],
 ) -> None:
     """A dispatched job: its result may be waiting for a delivery that was lost, or its server
     may have stopped beating (or its worker be `gone`, with why), or it may be past its
@@ -145,45 +146,41 @@ def check_dispatched(
     deadline = float(row["deadline"] or 0)
     if result_at:
         return
-    started_at = float(row["started_at"] or 0)
-    never_began = (
-        not started_at and now - float(row["dispatched_at"] or now) > settings.start_lost_after_s
-    )
-    # Begun by a run of the worker that has since restarted (too quickly to be seen silent).
-    restarted = bool(server and started_at and started_at < server.booted_at)
-    if server is None or not server.online or never_began or restarted:
+    lost = why_lost(settings, row, server, now, gone)
+    if lost is not None:
         job = services.ledger.get(job_id)
-        lost_why = (gone or {}).get(row["server_id"] or "")
-        if job is not None and reroute_from_lost(
-            services, job, now, never_began=never_began, restarted=restarted, gone=lost_why
-        ):
+        if job is not None and reroute_from_lost(services, job, now, *lost):
             counts["rerouted"] += 1
     elif deadline and now > deadline:
         counts["given_up"] += give_up_overdue(services, job_id, "dispatched")
 
 
-def reroute_from_lost(
-    services: Services,
-    job: Job,
+def why_lost(
+    settings: Settings,
+    row: dict[str, Any],
+    server: ServerView | None,
     now: float,
-    *,
-    never_began: bool,
-    restarted: bool = False,
-    gone: str | None = None,
-) -> bool:
-    """The job's server stopped beating, or no worker began the job (its task was lost): it
-    goes to a server again, the attempt moves on (so a late start or result of the old one is
-    dropped as stale), and the server's queue is purged when it returns."""
+    gone: dict[str, str],
+) -> tuple[str, str] | None:
+    """Why a dispatched job without a result will never get one from its server, as an
+    attempt's error kind and text; None while it still may."""
+    started_at = float(row["started_at"] or 0)
+    if not started_at and now - float(row["dispatched_at"] or now) > settings.start_lost_after_s:
+        return "not_started", f"no worker began it within {settings.start_lost_after_s:g}s"
+    # Begun by a run of the worker that has since restarted (too quickly to be seen silent).
+    if server and started_at and started_at < server.booted_at:
+        return "worker_restarted", "its worker restarted while running it"
+    if server is None or not server.online:
+        silent = f"no heartbeat for over {settings.server_lost_after_s:g}s"
+        return "server_lost", gone.get(row["server_id"] or "", silent)
+    return None
+
+
+def reroute_from_lost(services: Services, job: Job, now: float, kind: str, error: str) -> bool:
+    """The job's server stopped beating, its worker restarted, or no worker began the job (its
+    task was lost): it goes to a server again, the attempt moves on (so a late start or result
+    of the old one is dropped as stale), and the server's queue is purged when it returns."""
     server_id = job.server_id or ""
-    settings = services.settings
-    if never_began:
-        kind, error = "not_started", f"no worker began it within {settings.start_lost_after_s:g}s"
-    elif restarted:
-        kind, error = "worker_restarted", "its worker restarted while running it"
-    elif gone:
-        kind, error = "server_lost", gone
-    else:
-        kind, error = "server_lost", f"no heartbeat for over {settings.server_lost_after_s:g}s"
     lost = Attempt(attempt=job.attempt, server_id=server_id, error_kind=kind, error=error)
     failures = len(job.failures) + 1
     if failures >= services.settings.max_attempts or now >= job.deadline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -412,14 +413,31 @@ def test_every_server_failing_ends_in_a_dead_letter_and_no_reply(stack: LocalSta
     assert ai_replies_to(stack, message_id) == []  # no apology unless the operator set one
 
 
+@contextmanager
+def restarted_with(
+    stack: LocalStack, names: tuple[str, ...], name: str, value: str
+) -> Iterator[None]:
+    """The named processes run with one more setting, and without it again afterwards."""
+    for process in names:
+        stack.processes[process].stop()
+    stack.extra_env[name] = value
+    try:
+        for process in names:
+            restart(stack, process)
+        yield
+    finally:
+        for process in names:
+            stack.processes[process].stop()
+        del stack.extra_env[name]
+        for process in names:
+            restart(stack, process)
+
+
 def test_the_operators_apology_is_posted_once_when_every_attempt_failed(
     stack: LocalStack,
 ) -> None:
     apology = "Sorry, nobody could answer just now."
-    stack.processes["control"].stop()
-    stack.extra_env["OLLAMA_CLOUD_APOLOGY_TEXT"] = apology
-    try:
-        stack.start_control()
+    with restarted_with(stack, ("control",), "OLLAMA_CLOUD_APOLOGY_TEXT", apology):
         fail_every_server(stack)
         [message_id] = post(stack, 1)
         job = assert_dead_after_every_server(stack, message_id)
@@ -427,35 +445,24 @@ def test_the_operators_apology_is_posted_once_when_every_attempt_failed(
         [reply] = ai_replies_to(stack, message_id)
         assert reply["text"] == apology
         assert reply["username"] == "TheCritic"  # the entity's, as a real reply's would be
-    finally:
-        stack.processes["control"].stop()
-        del stack.extra_env["OLLAMA_CLOUD_APOLOGY_TEXT"]
-        stack.start_control()
 
 
 def test_a_job_past_its_deadline_is_given_up_with_its_reason(stack: LocalStack) -> None:
     """Its server holds the request without an answer: at the deadline the sweep ends the job,
     completed on the site, a dead letter that says why, and no reply."""
     bridges = ("bridge", "bridge-2")
-    for name in bridges:
-        stack.processes[name].stop()
-    stack.extra_env["OLLAMA_CLOUD_JOB_DEADLINE_S"] = "3"
     try:
-        for name in bridges:
-            restart(stack, name)
-        message_id = hang_on_a_then_post(stack)
-        [job] = wait_finished(stack, [message_id], timeout=30).values()
-        assert job.state is JobState.DEAD
-        assert "deadline passed (dispatched)" in (job.reason or "")
-        assert job.finished_at is not None
-        assert 3 <= job.finished_at - job.claimed_at < 10
-        assert message_id in Ledger(stack.redis, stack.keys).dead_job_ids()
-        assert comments(stack)[message_id]["botParams"]["status"] == "complete"
-        assert ai_replies_to(stack, message_id) == []
-        assert stack.redis.smembers(stack.keys.inflight("a")) == set()  # its slot is free
+        with restarted_with(stack, bridges, "OLLAMA_CLOUD_JOB_DEADLINE_S", "3"):
+            message_id = hang_on_a_then_post(stack)
+            [job] = wait_finished(stack, [message_id], timeout=30).values()
+            assert job.state is JobState.DEAD
+            assert "deadline passed (dispatched)" in (job.reason or "")
+            assert job.finished_at is not None
+            assert 3 <= job.finished_at - job.claimed_at < 10
+            assert message_id in Ledger(stack.redis, stack.keys).dead_job_ids()
+            assert comments(stack)[message_id]["botParams"]["status"] == "complete"
+            assert ai_replies_to(stack, message_id) == []
+            assert stack.redis.smembers(stack.keys.inflight("a")) == set()  # its slot is free
     finally:
-        for name in bridges:
-            stack.processes[name].stop()
-        del stack.extra_env["OLLAMA_CLOUD_JOB_DEADLINE_S"]
-        # The held request ends with its simulator; the fixture starts everything again.
+        # The held request ends with its simulator; the fixture starts it again.
         stack.processes["sim-a"].stop()

@@ -54,7 +54,7 @@ def server_record(
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, rt: WorkerRuntime, capacity: int, booted_at: float | None = None) -> None:
+    def __init__(self, rt: WorkerRuntime, capacity: int, booted_at: float) -> None:
         super().__init__(name=f"heartbeat-{rt.server_id}", daemon=True)
         self.rt = rt
         self.capacity = capacity
@@ -63,7 +63,7 @@ class HeartbeatThread(threading.Thread):
         self._models: list[str] = []
         # This worker's start, on the clock that also stamps the starts of its jobs: a job
         # begun before it was begun by an earlier run of the worker, and is lost with it.
-        self.booted_at = f"{time.time() if booted_at is None else booted_at:.3f}"
+        self.booted_at = f"{booted_at:.3f}"
 
     def beat(self) -> None:
         record = server_record(self.rt, self.capacity, self._models)
