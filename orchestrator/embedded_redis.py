@@ -94,7 +94,9 @@ class EmbeddedRedis:
                 "--tls-ca-cert-file", str(self.tls.ca_cert),
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # A session of its own, as every child of the stack has: Ctrl-C on a terminal reaches
+        # the parent only, and Redis outlives the processes that still talk to it while they stop.
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         try:
