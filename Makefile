@@ -20,8 +20,8 @@ test: lint types pytest
 check: test
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator workers tests bench
-	$(BIN)/ruff format --check orchestrator workers tests bench
+	$(BIN)/ruff check orchestrator workers standins tests bench
+	$(BIN)/ruff format --check orchestrator workers standins tests bench
 
 types: $(STAMP)
 	$(BIN)/mypy

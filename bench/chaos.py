@@ -41,11 +41,11 @@ from typing import Any
 import httpx
 import redis
 
-from orchestrator.ledger import JobState, Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.processes import ManagedProcess
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, stop_on_sigterm
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.state.ledger import JobState, Ledger
+from standins.processes import ManagedProcess
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, stop_on_sigterm
 
 LLAMA = "llama3.2:3b"  # the-eternal (and the EQ scorer)
 QWEN = "qwen2.5:7b"  # the-critic

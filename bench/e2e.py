@@ -18,14 +18,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from orchestrator.embedded_redis import EmbeddedRedis
-from orchestrator.ledger import Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
-from orchestrator.redis_client import connect
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, stop_on_sigterm, wait_quiet
-from orchestrator.waiting import wait_for
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.redis_codec import connect
+from standins.embedded_redis import EmbeddedRedis
+from standins.processes import ManagedProcess, ProcessGroup, python_command
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
+from standins.waiting import wait_for
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 BENCH_DIR = Path(__file__).resolve().parent

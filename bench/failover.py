@@ -31,12 +31,12 @@ import httpx
 from e2e import percentile  # beside this script, on sys.path when it runs
 from pydantic_settings import BaseSettings
 
-from orchestrator.ledger import Job, JobState, Ledger
-from orchestrator.messages import BotParams, NewMessage
+from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.settings import Settings
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, stop_on_sigterm
-from orchestrator.waiting import wait_for
+from orchestrator.state.ledger import Job, JobState, Ledger
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, stop_on_sigterm
+from standins.waiting import wait_for
 from workers.settings import WorkerSettings
 
 LLAMA = "llama3.2:3b"  # the-eternal's model: 100 tokens a reply

@@ -30,15 +30,16 @@ from typing import Any
 import httpx
 from e2e import percentile  # beside this script, on sys.path when it runs
 
-from orchestrator.entities import SAMPLE_ENTITIES_DIR, load_entities
-from orchestrator.fleet import Fleet
-from orchestrator.ledger import Job, Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.redis_client import connect
-from orchestrator.routing import choose_server
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, stop_on_sigterm, wait_quiet
-from workers.keys import Keys
+from orchestrator.domain.entities import load_entities
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.domain.routing import choose_server
+from orchestrator.state.fleet import Fleet
+from orchestrator.state.ledger import Job, Ledger
+from orchestrator.state.redis_codec import connect
+from standins import SAMPLE_ENTITIES_DIR
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
+from workers.contract.keys import Keys
 
 LLAMA = "llama3.2:3b"  # the-eternal
 QWEN = "qwen2.5:7b"  # the-critic
@@ -182,7 +183,7 @@ def route_ms_p99(servers: int, decisions: int = 2000) -> dict[str, float]:
     """With `servers` servers registered: the bridge's routing work per message (in-flight
     counts read again, then the decision), and the full read of every record that it does a
     few times a second."""
-    from orchestrator.embedded_redis import EmbeddedRedis  # noqa: PLC0415
+    from standins.embedded_redis import EmbeddedRedis  # noqa: PLC0415
 
     with EmbeddedRedis() as redis_server:
         client = connect(redis_server.url)

@@ -8,7 +8,7 @@ import os
 import redis
 from celery import Celery, signals
 
-from workers.celery_config import celery_config, quiet_task_trace
+from workers.contract.celery_config import celery_config, quiet_task_trace
 from workers.settings import CelerySettings
 
 SERVER_QUEUE = "floor-server"

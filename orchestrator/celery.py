@@ -7,10 +7,10 @@ from typing import Any
 
 from celery import Celery, signals
 
-from orchestrator.control import RECOVER_TASK, SWEEP_TASK, register
+from orchestrator.control.tasks import RECOVER_TASK, SWEEP_TASK, register
 from orchestrator.settings import Settings, load_settings
-from workers.celery_config import celery_config, quiet_task_trace
-from workers.protocol import CONTROL_QUEUE
+from workers.contract.celery_config import celery_config, quiet_task_trace
+from workers.contract.protocol import CONTROL_QUEUE
 
 
 def control_config(settings: Settings) -> dict[str, Any]:
@@ -19,7 +19,7 @@ def control_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.control_concurrency,
         # Beat's schedule is a handful of short intervals: kept in memory, no file left behind;
         # a lock in Redis lets exactly one beat send it.
-        "beat_scheduler": "orchestrator.beat:LockedScheduler",
+        "beat_scheduler": "orchestrator.control.beat:LockedScheduler",
         "beat_schedule": {
             "sweep": {
                 "task": SWEEP_TASK,

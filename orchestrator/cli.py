@@ -90,9 +90,9 @@ def status(
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
-    from orchestrator.redis_client import connect  # noqa: PLC0415
-    from orchestrator.status import FleetStatus, read_status, status_table  # noqa: PLC0415
-    from workers.keys import Keys  # noqa: PLC0415
+    from orchestrator.ops.status import FleetStatus, read_status, status_table  # noqa: PLC0415
+    from orchestrator.state.redis_codec import connect  # noqa: PLC0415
+    from workers.contract.keys import Keys  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url)
     client, keys = connect(settings.redis_url), Keys(settings.key_prefix)
@@ -141,7 +141,7 @@ def jobs_list(
     limit: Limit = 50,
 ) -> None:
     """Active jobs (state, attempt, server, age, deadline, last error) and dead letters."""
-    from orchestrator.jobs import list_command  # noqa: PLC0415
+    from orchestrator.ops.jobs import list_command  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url)
     raise typer.Exit(list_command(settings, limit=limit, as_json=as_json))
@@ -152,7 +152,7 @@ def jobs_show(
     job_id: JobId, config: ConfigOption = None, redis_url: RedisUrl = None, as_json: AsJson = False
 ) -> None:
     """One job whole: its fields, its message, every attempt."""
-    from orchestrator.jobs import show_command  # noqa: PLC0415
+    from orchestrator.ops.jobs import show_command  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url)
     raise typer.Exit(show_command(settings, job_id, as_json=as_json))
@@ -161,7 +161,7 @@ def jobs_show(
 @jobs_app.command("retry")
 def jobs_retry(job_id: JobId, config: ConfigOption = None, redis_url: RedisUrl = None) -> None:
     """Place a dead letter again: its failures forgiven, a new deadline, any server."""
-    from orchestrator.jobs import retry_command  # noqa: PLC0415
+    from orchestrator.ops.jobs import retry_command  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url)
     raise typer.Exit(retry_command(settings, job_id))
@@ -175,7 +175,7 @@ def jobs_drop(
     queue_url: Annotated[str | None, typer.Option(help="The site queue's URL")] = None,
 ) -> None:
     """End an active or dead job without a reply, and complete it on the site."""
-    from orchestrator.jobs import drop_command  # noqa: PLC0415
+    from orchestrator.ops.jobs import drop_command  # noqa: PLC0415
 
     settings = load_settings(config, redis_url=redis_url, queue_url=queue_url)
     raise typer.Exit(drop_command(settings, job_id))
@@ -190,7 +190,7 @@ def queue_serve(
     log_level: LogLevel = "info",
 ) -> None:
     """Serve the site queue's API from SQLite (token: OLLAMA_CLOUD_QUEUE_TOKEN, optional)."""
-    from orchestrator.local_queue import serve  # noqa: PLC0415
+    from standins.local_queue import serve  # noqa: PLC0415
 
     setup_logging(log_level)
     settings = load_settings(config)
@@ -210,8 +210,8 @@ def sim(
     log_level: LogLevel = "warning",
 ) -> None:
     """Serve simulated Ollama servers, each on its own port."""
-    from orchestrator.simulator import parse_server_spec, serve  # noqa: PLC0415
-    from orchestrator.stack import demo_fleet  # noqa: PLC0415
+    from standins.simulator import parse_server_spec, serve  # noqa: PLC0415
+    from standins.stack import demo_fleet  # noqa: PLC0415
 
     setup_logging(log_level)
     specs = [parse_server_spec(text) for text in server] if server else demo_fleet()
@@ -234,7 +234,7 @@ def demo(
     ] = 300.0,
 ) -> None:
     """The whole system on this machine: local queue, embedded Redis, three simulated Macs."""
-    from orchestrator.demo import run_demo  # noqa: PLC0415
+    from standins.demo import run_demo  # noqa: PLC0415
 
     raise typer.Exit(run_demo(messages=messages, rate=rate, timeout=timeout))
 

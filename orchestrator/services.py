@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import redis
 
-from orchestrator.entities import EntityCatalog, load_entities
-from orchestrator.fleet import Fleet
-from orchestrator.ledger import Ledger
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.redis_client import connect
+from orchestrator.domain.entities import EntityCatalog, load_entities
 from orchestrator.settings import Settings, load_settings
-from workers.keys import Keys
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.fleet import Fleet
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.redis_codec import connect
+from workers.contract.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from orchestrator.embedded_redis import EmbeddedRedis
+from standins.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(autouse=True)

@@ -13,14 +13,14 @@ import pytest
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
-from orchestrator.control import purge_returned, queued_attempt
-from orchestrator.entities import SAMPLE_ENTITIES_DIR
-from orchestrator.http_server import ThreadedServer
-from orchestrator.ledger import JobState
-from orchestrator.local_queue import QueueStore, build_app
+from orchestrator.control.tasks import purge_returned, queued_attempt
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from workers.protocol import CONTROL_QUEUE, GENERATE_TASK, ChatRequest, GenerateJob
+from orchestrator.state.ledger import JobState
+from standins import SAMPLE_ENTITIES_DIR
+from standins.http_server import ThreadedServer
+from standins.local_queue import QueueStore, build_app
+from workers.contract.protocol import CONTROL_QUEUE, GENERATE_TASK, ChatRequest, GenerateJob
 
 HOSTILE: dict[str, dict[str, Any]] = {
     "no-text": {"username": "ada", "timestamp": 1},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.waiting import wait_for
+from standins.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

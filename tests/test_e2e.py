@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.entities import SAMPLE_ENTITIES_DIR, load_entities
-from orchestrator.ledger import Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, wait_quiet
-from orchestrator.waiting import wait_for
+from orchestrator.domain.entities import load_entities
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.ledger import Ledger
+from standins import SAMPLE_ENTITIES_DIR
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, wait_quiet
+from standins.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.entities import SAMPLE_ENTITIES_DIR, Entity, EntityCatalog, load_entities
+from orchestrator.domain.entities import Entity, EntityCatalog, load_entities
 from orchestrator.errors import EntityError
+from standins import SAMPLE_ENTITIES_DIR
 
 MINIMAL = {"id": "bot", "model": "llama3.2:3b"}
 
@@ -156,7 +157,7 @@ def test_a_bad_file_is_logged_and_skipped(
 ) -> None:
     write(tmp_path, "good.json", MINIMAL)
     write(tmp_path, name, content)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.entities"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.domain.entities"):
         catalog = load_entities(tmp_path)
     assert catalog.ids == ["bot"]
     [record] = caplog.records
@@ -169,7 +170,7 @@ def test_list_files_and_repeated_ids(tmp_path: Path, caplog: pytest.LogCaptureFi
     write(tmp_path, "a-list.json", [{"id": "one", "model": "m"}, {"model": "no id"}])
     write(tmp_path, "b-wrapped.json", {"entities": [{"id": "two", "model": "m"}]})
     write(tmp_path, "c-repeat.json", {"id": "one", "model": "other"})
-    with caplog.at_level(logging.WARNING, logger="orchestrator.entities"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.domain.entities"):
         catalog = load_entities(tmp_path)
     assert catalog.ids == ["one", "two"]
     first = catalog.get("one")

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.ledger import Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack
-from orchestrator.waiting import wait_for
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.state.ledger import Ledger
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack
+from standins.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

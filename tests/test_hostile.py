@@ -27,18 +27,19 @@ from hypothesis import strategies as st
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
-from orchestrator.control import queued_attempt
-from orchestrator.entities import SAMPLE_ENTITIES_DIR, EntityCatalog, load_entities
-from orchestrator.http_server import ThreadedServer
-from orchestrator.ledger import Job, JobState, Ledger
-from orchestrator.local_queue import QueueStore, build_app
-from orchestrator.messages import BotParams, Message, NewMessage
-from orchestrator.postprocess import build_reply
-from orchestrator.redis_client import texts
+from orchestrator.control.tasks import queued_attempt
+from orchestrator.domain.entities import EntityCatalog, load_entities
+from orchestrator.domain.messages import BotParams, Message, NewMessage
+from orchestrator.domain.replies import build_reply
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from orchestrator.stack import LocalStack
-from orchestrator.waiting import wait_for
+from orchestrator.state.ledger import Job, JobState, Ledger
+from orchestrator.state.redis_codec import texts
+from standins import SAMPLE_ENTITIES_DIR
+from standins.http_server import ThreadedServer
+from standins.local_queue import QueueStore, build_app
+from standins.stack import LocalStack
+from standins.waiting import wait_for
 
 HUGE = 100_000
 MAX_ID = 200  # the bridge's limit on a message id

@@ -17,16 +17,16 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
-from orchestrator.embedded_redis import free_port
-from orchestrator.fleet import Fleet
-from orchestrator.http_server import ThreadedServer
-from orchestrator.jobs import DROP_OUTCOME, DROP_REASON
-from orchestrator.ledger import Attempt, Job, JobState, Ledger
-from orchestrator.local_queue import QueueStore, build_app
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.redis_client import connect
-from workers.keys import Keys
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.ops.jobs import DROP_OUTCOME, DROP_REASON
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.fleet import Fleet
+from orchestrator.state.ledger import Attempt, Job, JobState, Ledger
+from orchestrator.state.redis_codec import connect
+from standins.embedded_redis import free_port
+from standins.http_server import ThreadedServer
+from standins.local_queue import QueueStore, build_app
+from workers.contract.keys import Keys
 
 BRIDGE = "bridge-test"
 ENTITY = "the-eternal"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import workers
-from workers.celery_config import celery_config
+from workers.contract.celery_config import celery_config
 from workers.settings import CelerySettings
 
 ROOT = Path(__file__).resolve().parents[1]

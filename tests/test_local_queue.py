@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.domain.messages import Message, NewMessage
 from orchestrator.errors import MessageGone, QueueClientError
-from orchestrator.http_server import ThreadedServer
-from orchestrator.local_queue import QueueStore, build_app
-from orchestrator.messages import Message, NewMessage
-from orchestrator.queue_client import SiteQueueClient
+from orchestrator.site_queue import SiteQueueClient
+from standins.http_server import ThreadedServer
+from standins.local_queue import QueueStore, build_app
 
 TOKEN = "s3cret-token"
 

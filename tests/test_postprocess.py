@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.entities import Entity
-from orchestrator.messages import Message
-from orchestrator.postprocess import build_reply, parse_eq_score, post_process, reply_identity
+from orchestrator.domain.entities import Entity
+from orchestrator.domain.messages import Message
+from orchestrator.domain.replies import build_reply, parse_eq_score, post_process, reply_identity
 
 ENTITY = Entity.model_validate(
     {

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.entities import Entity
-from orchestrator.messages import Message
-from orchestrator.prompts import build_chat_request, build_eq_request
+from orchestrator.domain.entities import Entity
+from orchestrator.domain.messages import Message
+from orchestrator.domain.prompts import build_chat_request, build_eq_request
 
 ENTITY = {"id": "bot", "username": "Bot", "model": "llama3.2:3b", "systemPrompt": "Be wise."}
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from orchestrator.embedded_redis import free_port
+from orchestrator.domain.messages import Message
 from orchestrator.errors import (
     BadQueueAnswer,
     MessageGone,
@@ -28,10 +28,10 @@ from orchestrator.errors import (
     QueueServerError,
     QueueUnreachable,
 )
-from orchestrator.http_server import ThreadedServer
-from orchestrator.local_queue import QueueStore, build_app
-from orchestrator.messages import Message
-from orchestrator.queue_client import SiteQueueClient
+from orchestrator.site_queue import SiteQueueClient
+from standins.embedded_redis import free_port
+from standins.http_server import ThreadedServer
+from standins.local_queue import QueueStore, build_app
 
 HOLD_S = 5.0  # how long the slow route holds an answer: far past the client's read timeout
 Call = Callable[[SiteQueueClient], object]

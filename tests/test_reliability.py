@@ -15,12 +15,12 @@ import httpx
 import pytest
 from rich.console import Console
 
-from orchestrator.ledger import Job, JobState, Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack
-from orchestrator.status import FleetStatus, ServerRow, read_status, status_table
-from orchestrator.waiting import wait_for
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.ops.status import FleetStatus, ServerRow, read_status, status_table
+from orchestrator.state.ledger import Job, JobState, Ledger
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack
+from standins.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

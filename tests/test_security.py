@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.embedded_redis import TlsFiles
-from orchestrator.ledger import Ledger
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, wait_quiet
-from workers.celery_config import broker_ssl
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.state.ledger import Ledger
+from standins.embedded_redis import TlsFiles
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, wait_quiet
+from workers.contract.celery_config import broker_ssl
 
 pytestmark = pytest.mark.e2e
 

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.embedded_redis import free_port
-from orchestrator.simulator import (
+from standins.embedded_redis import free_port
+from standins.simulator import (
     SimServerSpec,
     SimulatorFleet,
     parse_server_spec,
     serve,
 )
-from orchestrator.waiting import wait_for
+from standins.waiting import wait_for
 
 SMALL, BIG = "llama3.2:3b", "qwen2.5:7b"
 StartFleet = Callable[..., SimulatorFleet]

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.simulator import SimServerSpec
-from orchestrator.stack import LocalStack, wait_quiet
-from orchestrator.waiting import wait_for
+from orchestrator.domain.messages import BotParams, NewMessage
+from standins.simulator import SimServerSpec
+from standins.stack import LocalStack, wait_quiet
+from standins.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

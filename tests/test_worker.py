@@ -12,11 +12,14 @@ import httpx
 import pytest
 import redis
 
-from orchestrator.embedded_redis import free_port
-from orchestrator.fleet import Fleet
-from orchestrator.processes import ManagedProcess, python_command
-from orchestrator.simulator import SimServerSpec, SimulatorFleet
-from orchestrator.waiting import wait_for
+from orchestrator.state.fleet import Fleet
+from standins.embedded_redis import free_port
+from standins.processes import ManagedProcess, python_command
+from standins.simulator import SimServerSpec, SimulatorFleet
+from standins.waiting import wait_for
+from workers.backends.ollama import OllamaClient
+from workers.contract.keys import Keys
+from workers.contract.protocol import ChatRequest, ChatTurn
 from workers.errors import (
     ContextOverflow,
     GenerationTimeout,
@@ -26,9 +29,6 @@ from workers.errors import (
     ServerError,
     ServerUnavailable,
 )
-from workers.keys import Keys
-from workers.ollama_client import OllamaClient
-from workers.protocol import ChatRequest, ChatTurn
 
 MODEL = "llama3.2:3b"
 

@@ -3,6 +3,15 @@
 Imports nothing from `orchestrator`; installs alone.
 """
 
+from workers.backends.ollama import OllamaClient
+from workers.contract.keys import Keys
+from workers.contract.protocol import (
+    ChatOutcome,
+    ChatRequest,
+    ChatTurn,
+    GenerateJob,
+    GenerateResult,
+)
 from workers.errors import (
     ContextOverflow,
     GenerationTimeout,
@@ -12,9 +21,6 @@ from workers.errors import (
     ServerError,
     ServerUnavailable,
 )
-from workers.keys import Keys
-from workers.ollama_client import OllamaClient
-from workers.protocol import ChatOutcome, ChatRequest, ChatTurn, GenerateJob, GenerateResult
 from workers.settings import WorkerSettings
 from workers.version import __version__
 

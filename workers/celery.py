@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers.celery_config import celery_config, quiet_task_trace
+from workers.contract.celery_config import celery_config, quiet_task_trace
 from workers.heartbeat import Heartbeat
 from workers.settings import WorkerSettings
 from workers.tasks import register

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.keys import Keys
-from workers.ollama_client import OllamaClient
+from workers.backends.ollama import OllamaClient
+from workers.contract.keys import Keys
 from workers.settings import WorkerSettings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.keys import DEFAULT_PREFIX
+from workers.contract.keys import DEFAULT_PREFIX
 
 ENV_PREFIX = "OLLAMA_CLOUD_"
 

@@ -10,8 +10,14 @@ import redis
 from celery import Celery
 
 from workers import runtime as worker_runtime
+from workers.contract.protocol import (
+    GENERATE_TASK,
+    ChatOutcome,
+    ChatRequest,
+    GenerateJob,
+    GenerateResult,
+)
 from workers.errors import OllamaError
-from workers.protocol import GENERATE_TASK, ChatOutcome, ChatRequest, GenerateJob, GenerateResult
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import hashlib
 import re
 from typing import Any
 
-from orchestrator.entities import Entity
-from orchestrator.messages import BotParams, Message, NewMessage, reply_id_for
+from orchestrator.domain.entities import Entity
+from orchestrator.domain.messages import BotParams, Message, NewMessage, reply_id_for
 
 SKIP_MARKER = "[skip]"  # compared case-insensitively: models vary the case they were taught
 EQ_MIN, EQ_MAX = 0, 100

@@ -12,9 +12,9 @@ from typing import Any
 import redis
 from celery import beat
 
-from orchestrator.redis_client import connect
 from orchestrator.settings import load_settings
-from workers.keys import Keys
+from orchestrator.state.redis_codec import connect
+from workers.contract.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 
 import redis
 
-from orchestrator.redis_client import text, texts
-from workers.keys import Keys
-from workers.protocol import ChatTimings
+from orchestrator.state.redis_codec import text, texts
+from workers.contract.keys import Keys
+from workers.contract.protocol import ChatTimings
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from orchestrator.delivery import deliver as deliver_result
-from orchestrator.delivery import end, give_up
+from orchestrator.control.delivery import deliver as deliver_result
+from orchestrator.control.delivery import end, give_up
 from orchestrator.errors import QueueError, QueueServerError, QueueUnreachable
-from orchestrator.fleet import ServerView
-from orchestrator.ledger import UNPLACED_STATES, Attempt, Job, JobState
-from orchestrator.redis_client import texts
 from orchestrator.services import Services, process_services
 from orchestrator.settings import Settings
-from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
+from orchestrator.state.fleet import ServerView
+from orchestrator.state.ledger import UNPLACED_STATES, Attempt, Job, JobState
+from orchestrator.state.redis_codec import texts
+from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK
 
 log = logging.getLogger(__name__)
 

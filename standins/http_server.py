@@ -34,7 +34,7 @@ class ThreadedServer:
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
         if port == 0:
-            from orchestrator.embedded_redis import free_port  # noqa: PLC0415
+            from standins.embedded_redis import free_port  # noqa: PLC0415
 
             port = free_port(host)
         self.host = host

@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 
+from orchestrator.domain.messages import Message
+from orchestrator.domain.replies import build_reply, parse_eq_score, post_process
 from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueUnreachable
-from orchestrator.ledger import Attempt, Job, JobState, attempts_json
-from orchestrator.messages import Message
-from orchestrator.postprocess import build_reply, parse_eq_score, post_process
 from orchestrator.services import Services
-from workers.protocol import GenerateResult
+from orchestrator.state.ledger import Attempt, Job, JobState, attempts_json
+from workers.contract.protocol import GenerateResult
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.domain.messages import DEFAULT_PRIORITY
 from orchestrator.errors import EntityError
-from orchestrator.messages import DEFAULT_PRIORITY
 
 log = logging.getLogger(__name__)
-
-SAMPLE_ENTITIES_DIR = Path(__file__).parent / "sample_entities"
 
 
 def _string_list(value: Any) -> Any:

@@ -16,15 +16,15 @@ from types import TracebackType
 import httpx
 import redis
 
-from orchestrator.embedded_redis import EmbeddedRedis, TlsFiles, free_port
-from orchestrator.entities import SAMPLE_ENTITIES_DIR
-from orchestrator.fleet import Fleet, ServerView
-from orchestrator.processes import ManagedProcess, ProcessGroup, python_command
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.redis_client import connect
-from orchestrator.simulator import SimServerSpec
-from orchestrator.waiting import wait_for
-from workers.keys import Keys
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.fleet import Fleet, ServerView
+from orchestrator.state.redis_codec import connect
+from standins import SAMPLE_ENTITIES_DIR
+from standins.embedded_redis import EmbeddedRedis, TlsFiles, free_port
+from standins.processes import ManagedProcess, ProcessGroup, python_command
+from standins.simulator import SimServerSpec
+from standins.waiting import wait_for
+from workers.contract.keys import Keys
 from workers.settings import ENV_PREFIX
 
 

@@ -7,8 +7,8 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from workers.broker import TRANSPORT
-from workers.protocol import CONTROL_QUEUE, DELIVER_TASK
+from workers.contract.broker import TRANSPORT
+from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK
 from workers.settings import CelerySettings
 
 CERT_REQS = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from orchestrator.entities import Entity
-from orchestrator.messages import Message
-from workers.protocol import ChatRequest, ChatTurn
+from orchestrator.domain.entities import Entity
+from orchestrator.domain.messages import Message
+from workers.contract.protocol import ChatRequest, ChatTurn
 
 CHARS_PER_TOKEN = 4  # the current bot's estimate; rough, hence the overflow retry's factor
 EQ_TEMPERATURE = 1.0

@@ -17,8 +17,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from orchestrator.redis_client import text, texts
-from workers.keys import Keys
+from orchestrator.state.redis_codec import text, texts
+from workers.contract.keys import Keys
 
 log = logging.getLogger(__name__)
 

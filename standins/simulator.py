@@ -35,9 +35,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from orchestrator.embedded_redis import free_port
-from orchestrator.http_server import serve_all, uvicorn_server
-from orchestrator.waiting import wait_for
+from standins.embedded_redis import free_port
+from standins.http_server import serve_all, uvicorn_server
+from standins.waiting import wait_for
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)

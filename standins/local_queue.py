@@ -29,8 +29,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from orchestrator.http_server import uvicorn_server
-from orchestrator.messages import DEFAULT_DOMAIN, DEFAULT_PRIORITY, NewMessage
+from orchestrator.domain.messages import DEFAULT_DOMAIN, DEFAULT_PRIORITY, NewMessage
+from standins.http_server import uvicorn_server
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.errors import JobRefused, MessageGone, QueueError
-from orchestrator.ledger import Job, JobState, Ledger, job_from_hash
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.redis_client import connect
+from orchestrator.ops.status import age
 from orchestrator.settings import Settings
-from orchestrator.status import age
-from workers.keys import Keys
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.ledger import Job, JobState, Ledger, job_from_hash
+from orchestrator.state.redis_codec import connect
+from workers.contract.keys import Keys
 
 DROP_REASON = "dropped by the operator"
 DROP_OUTCOME = "dropped"  # its own counter, so status tells drops from the bridge's rejections

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.domain.messages import NewMessage
 from orchestrator.errors import (
     BadQueueAnswer,
     MessageGone,
@@ -23,7 +24,6 @@ from orchestrator.errors import (
     QueueServerError,
     QueueUnreachable,
 )
-from orchestrator.messages import NewMessage
 
 log = logging.getLogger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from orchestrator.fleet import ServerView
+from orchestrator.state.fleet import ServerView
 
 # Finish times within this share (or this many seconds) of the soonest count as equally soon.
 EQUAL_SHARE = 0.05

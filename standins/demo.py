@@ -13,10 +13,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.fleet import ServerView
-from orchestrator.messages import BotParams, NewMessage
-from orchestrator.queue_client import SiteQueueClient
-from orchestrator.stack import LocalStack, stop_on_sigterm
+from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.fleet import ServerView
+from standins.stack import LocalStack, stop_on_sigterm
 
 console = Console()
 

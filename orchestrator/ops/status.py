@@ -9,10 +9,10 @@ from typing import Any
 import redis
 from rich.table import Table
 
-from orchestrator.fleet import Fleet
-from orchestrator.ledger import Ledger
-from orchestrator.redis_client import text
-from workers.keys import Keys
+from orchestrator.state.fleet import Fleet
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.redis_codec import text
+from workers.contract.keys import Keys
 
 
 @dataclass(frozen=True)

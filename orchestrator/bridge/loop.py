@@ -21,12 +21,9 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
-from orchestrator.errors import MessageGone, QueueError
-from orchestrator.fleet import ServerView
-from orchestrator.ledger import Job, JobState
-from orchestrator.messages import Message
-from orchestrator.prompts import build_chat_request, build_eq_request
-from orchestrator.routing import (
+from orchestrator.domain.messages import Message
+from orchestrator.domain.prompts import build_chat_request, build_eq_request
+from orchestrator.domain.routing import (
     Decision,
     Planner,
     SpeedDefaults,
@@ -35,8 +32,17 @@ from orchestrator.routing import (
     choose_random,
     hosting_servers,
 )
+from orchestrator.errors import MessageGone, QueueError
 from orchestrator.services import Services
-from workers.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, ChatRequest, GenerateJob
+from orchestrator.state.fleet import ServerView
+from orchestrator.state.ledger import Job, JobState
+from workers.contract.protocol import (
+    CONTROL_QUEUE,
+    DELIVER_TASK,
+    GENERATE_TASK,
+    ChatRequest,
+    GenerateJob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +109,7 @@ class Bridge:
 
     def run(self, stop: threading.Event) -> None:
         log.info("bridge %s starting: queue=%s", self.settings.bridge_id, self.settings.queue_url)
-        pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.services.redis.pubsub(ignore_subscribe_messages=True)
         started = False
         try:
             while not stop.is_set():

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import (
     ContextOverflow,
     GenerationTimeout,
@@ -17,7 +18,6 @@ from workers.errors import (
     ServerError,
     ServerUnavailable,
 )
-from workers.protocol import ChatOutcome, ChatRequest, ChatTimings
 
 NS_PER_MS = 1_000_000
 

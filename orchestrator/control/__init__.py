@@ -1,0 +1,1 @@
+"""The control side (queue `control`): delivery, failover, the sweep, recovery and beat."""

@@ -1,0 +1,1 @@
+"""Pure domain: messages, entities, prompts, replies, servers, jobs and routing. No I/O."""

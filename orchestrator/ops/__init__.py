@@ -1,0 +1,1 @@
+"""What an operator runs: `ollama-cloud status` and `ollama-cloud jobs`."""
