@@ -1,0 +1,94 @@
+"""Serving simulated servers: on the caller's event loop (`serve`), or from a background thread
+for tests (`SimulatorFleet`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from types import TracebackType
+
+import uvicorn
+
+from standins.embedded_redis import free_port
+from standins.http_server import serve_all, uvicorn_server
+from standins.simulator.server import SimulatedOllama
+from standins.simulator.spec import SimServerSpec
+from standins.waiting import wait_for
+
+log = logging.getLogger(__package__)  # the simulator logs as one: standins.simulator
+
+
+def _with_port(spec: SimServerSpec) -> SimServerSpec:
+    return spec if spec.port else spec.model_copy(update={"port": free_port(spec.host)})
+
+
+def _servers(specs: list[SimServerSpec]) -> tuple[dict[str, SimulatedOllama], list[uvicorn.Server]]:
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"simulated server names must be unique: {names}")
+    sims = {spec.name: SimulatedOllama(spec) for spec in specs}
+    servers = [uvicorn_server(sims[spec.name].app, spec.host, spec.port) for spec in specs]
+    return sims, servers
+
+
+async def serve(specs: list[SimServerSpec]) -> None:
+    """Serve every simulated server on this event loop until cancelled (then shut down cleanly)."""
+    specs = [_with_port(spec) for spec in specs]
+    _, servers = _servers(specs)
+    for spec in specs:
+        log.info("server=%s serving on http://%s:%d", spec.name, spec.host, spec.port)
+    running = asyncio.ensure_future(serve_all(servers))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        for server in servers:
+            server.should_exit = True
+        await running
+        raise
+
+
+class SimulatorFleet:
+    """Simulated servers served from one background thread and event loop, for tests."""
+
+    def __init__(self, specs: list[SimServerSpec]) -> None:
+        self.specs = [_with_port(spec) for spec in specs]
+        self.sims, self._servers = _servers(self.specs)
+        self.urls = {spec.name: f"http://{spec.host}:{spec.port}" for spec in self.specs}
+        self._thread = threading.Thread(target=self._run, name="simulators", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(serve_all(self._servers))
+
+    def start(self, timeout: float = 10.0) -> SimulatorFleet:
+        self._thread.start()
+        with contextlib.suppress(TimeoutError):
+            wait_for(
+                lambda: (
+                    all(server.started for server in self._servers) or not self._thread.is_alive()
+                ),
+                timeout,
+                what="simulated servers to start",
+            )
+        if not all(server.started for server in self._servers):
+            self.stop()
+            raise RuntimeError(f"simulated servers did not start: {self.urls}")
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> SimulatorFleet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
