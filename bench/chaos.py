@@ -1,6 +1,7 @@
 """Chaos: messages through a demo-like fleet while its parts are killed and restarted.
 
-    python bench/chaos.py [--messages 2000] [--seed 7] [--rate 0] [--keep-dir DIR]
+    python bench/chaos.py [--messages 2000] [--seed 7] [--rate 0] [--stall-timeout 120]
+                          [--max-wait 3600] [--keep-dir DIR]
 
 Four fast simulated servers, two models (the-eternal on llama3.2:3b, the-critic on qwen2.5:7b),
 one bridge, the control worker and beat. While the messages go through, a chaos thread follows
@@ -10,24 +11,38 @@ once, restarts Redis (AOF, graceful); what it took away comes back after a rando
 thing is away at a time. A process of the stack that exits by itself is a crash: counted,
 logged and started again.
 
-Then it waits until every message has finished in the ledger (or reports what is stuck) and
-counts on the queue itself. Prints one JSON object as its last line:
+Then it waits until every message has finished in the ledger, saying how far it has come every
+10 s on stderr (posted, replies, finished, unclaimed, events, crashes). It waits as long as work
+moves: it gives up only after `--stall-timeout` seconds in which no message was posted, replied
+to or finished, or `--max-wait` seconds after the last post. Then it counts on the queue itself.
+Prints one JSON object as the last line of stdout:
   messages, replies             human messages posted; AI replies to them on the queue
-  lost                          posted messages not completed on the queue, or with neither a
-                                reply nor a finished ledger job with a reason
+  lost                          work that ended without its answer: a message completed on the
+                                queue, or its job finished in the ledger, that was not completed
+                                on the queue or has neither a reply nor a finished ledger job
+                                with a reason (or skipped)
+  unfinished                    work still open when it gave up, not counted as lost:
+                                unclaimed (pending on the queue) + in_flight (claimed, not
+                                finished); unfinished_jobs: by ledger state, with examples
+  gave_up                       null when everything finished, else "stalled" or "max_wait"
   duplicate_replies             AI replies beyond the first to the same message
   double_eq                     messages whose EQ score was PATCHed more than once (queue log);
                                 eq_excess: globalScore gained beyond the sum of eqScores
   over_capacity                 requests the simulators refused beyond their slots
   dead_letters, unexplained_dead_letters (dead jobs without a reason), crashes
-  stuck                         jobs not finished at the deadline, by state (with examples)
   job_s_p50, job_s_max          claim to finish; slow_jobs: those over 60 s, with their history
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script: the project root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import json
+import math
 import random
 import re
 import threading
@@ -35,20 +50,30 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
-from orchestrator.domain.messages import BotParams, NewMessage
-from orchestrator.state.ledger import JobState, Ledger
+from bench.common import (
+    CRITIC,
+    ETERNAL,
+    LLAMA,
+    QWEN,
+    bench_parser,
+    chat_message,
+    kept_dir,
+    percentile,
+    sim_stats,
+)
+from orchestrator.domain.job import Job
+from orchestrator.domain.messages import NewMessage
+from orchestrator.errors import QueueError
+from orchestrator.site_queue import SiteQueueClient
 from standins.processes import ManagedProcess
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
+from standins.waiting import wait_for
 
-LLAMA = "llama3.2:3b"  # the-eternal (and the EQ scorer)
-QWEN = "qwen2.5:7b"  # the-critic
 KINDS = ("kill_worker", "stop_sim", "kill_bridge", "kill_control", "restart_redis")
 PATCH_LINE = re.compile(r"message=(\S+) eqScore ")
 SLOW_JOB_S = 60.0  # a job this long from claim to finish is reported by id
@@ -72,16 +97,14 @@ def chaos_fleet(tokens_per_second: float = 1000.0) -> list[SimServerSpec]:
 def chaos_messages(count: int, seed: int) -> list[NewMessage]:
     rng = random.Random(seed)
     return [
-        NewMessage(
-            id=f"chaos-{seed}-{index}",
-            text=f"chaos question {index}: what would you change {rng.randint(1, 10**6)}?",
+        chat_message(
+            f"chaos-{seed}-{index}",
+            f"chaos question {index}: what would you change {rng.randint(1, 10**6)}?",
+            ETERNAL if rng.random() < 0.5 else CRITIC,
             username="ada",
             color="080150227",
             context=["bo: hello", "ada: hi bo"],
-            botParams=BotParams(
-                entity="the-eternal" if rng.random() < 0.5 else "the-critic",
-                humanUsername="ada",
-            ),
+            human_username="ada",
         )
         for index in range(count)
     ]
@@ -236,11 +259,10 @@ def why(process: ManagedProcess) -> str:
 
 
 def refused_full(stack: LocalStack, server_id: str) -> int:
+    stats = sim_stats(stack.sim_url(server_id))
     try:
-        return int(
-            httpx.get(f"{stack.sim_url(server_id)}/sim/stats", timeout=5).json()["refused_full"]
-        )
-    except (httpx.HTTPError, ValueError, KeyError):
+        return int(stats["refused_full"]) if stats else 0
+    except (KeyError, TypeError, ValueError):
         return 0
 
 
@@ -272,21 +294,62 @@ class Poster(threading.Thread):
                 self.posted += 1
 
 
-def job_states(stack: LocalStack, job_ids: list[str]) -> list[str | None]:
-    pipe = stack.redis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(stack.keys.job(job_id), "state")
-    return list(pipe.execute())
-
-
 def unfinished(stack: LocalStack, job_ids: list[str]) -> list[str] | None:
     """The jobs not finished yet; None when Redis cannot tell right now."""
     try:
-        states = job_states(stack, job_ids)
+        states = stack.ledger.states(job_ids)
     except redis.RedisError:
         return None
-    finished = {state.value for state in JobState if state.finished}
-    return [job_id for job_id, state in zip(job_ids, states, strict=True) if state not in finished]
+    return [
+        job_id
+        for job_id, state in zip(job_ids, states, strict=True)
+        if state is None or not state.finished
+    ]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """How far the run has come; None where the queue or Redis could not tell just then."""
+
+    posted: int
+    replies: int | None  # AI messages on the queue (the stack's queue holds only this run's)
+    unclaimed: int | None  # messages still pending on the queue
+    finished: int | None  # jobs finished in the ledger
+    active: int | None  # jobs in the ledger not finished
+
+
+def take_snapshot(stack: LocalStack, queue: SiteQueueClient, posted: int) -> Snapshot:
+    replies = unclaimed = finished = active = None
+    try:
+        stats = queue.stats()
+        replies = max(0, int(stats["totalMessages"]) - posted)
+        unclaimed = int(stats["pending"])
+    except (QueueError, KeyError, TypeError, ValueError):
+        pass
+    try:
+        finished = stack.ledger.finished_count()
+        active = stack.ledger.totals()[0]
+    except redis.RedisError:
+        pass
+    return Snapshot(posted, replies, unclaimed, finished, active)
+
+
+class Progress:
+    """Notes when the run last moved: a message posted, a reply on the queue, a job finished."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, int] = {}
+        self.moved_at = time.monotonic()
+
+    def note(self, snapshot: Snapshot) -> None:
+        for name in ("posted", "replies", "finished"):
+            value = getattr(snapshot, name)
+            if value is not None and value > self.best.get(name, -1):
+                self.best[name] = value
+                self.moved_at = time.monotonic()
+
+    def still_for(self) -> float:
+        return time.monotonic() - self.moved_at
 
 
 def wait_finished(
@@ -296,27 +359,67 @@ def wait_finished(
     chaos: Chaos,
     *,
     whole_schedule: bool,
-    timeout_s: float,
-) -> list[str]:
+    stall_timeout_s: float,
+    max_wait_s: float,
+    say: Callable[[str], None],
+    report_every_s: float = 10.0,
+    poll_s: float = 0.5,
+) -> str | None:
     """Wait until every message is posted and finished (and, with `whole_schedule`, the chaos
-    schedule has run to its end). Chaos stops once the messages are done. Returns the jobs still
-    unfinished when `timeout_s` (counted from the last post) ran out."""
-    deadline: float | None = None
-    left: list[str] = list(job_ids)
-    while True:
+    schedule has run to its end), saying how far it has come every `report_every_s`. Chaos stops
+    once the messages are done.
+
+    Returns None when everything finished, else why it gave up: "stalled" when nothing moved
+    (no message posted, no reply, no job finished) for `stall_timeout_s`, "max_wait" when work
+    still moved `max_wait_s` after the last post."""
+    began = time.monotonic()
+    progress = Progress()
+    said_at = began
+    last_post_at: float | None = None
+
+    def outcome() -> str | None:
+        """ "finished", "stalled" or "max_wait" once the wait is over; None while it goes on."""
+        nonlocal said_at, last_post_at
+        snapshot = take_snapshot(stack, queue, poster.posted)
+        progress.note(snapshot)
+        now = time.monotonic()
+        if now - said_at >= report_every_s:
+            said_at = now
+            say(progress_line(now - began, len(job_ids), snapshot, chaos.record))
         if poster.is_alive():
-            time.sleep(0.25)
-            continue
-        if deadline is None:
-            deadline = time.monotonic() + timeout_s
-        current = unfinished(stack, job_ids)
-        if current is not None:  # None: Redis away for a moment
-            left = current
-        if not left and (chaos.done.is_set() or not whole_schedule):
-            return []
-        if time.monotonic() > deadline:
-            return left
-        time.sleep(0.25)
+            return None
+        last_post_at = last_post_at or now
+        all_finished = (
+            snapshot.finished is not None
+            and snapshot.finished >= len(job_ids)
+            and unfinished(stack, job_ids) == []
+        )
+        if all_finished:
+            if chaos.done.is_set() or not whole_schedule:
+                return "finished"
+            progress.moved_at = now  # waiting for the schedule alone: no stall
+        if progress.still_for() > stall_timeout_s:
+            return "stalled"
+        if now - last_post_at > max_wait_s:
+            return "max_wait"
+        return None
+
+    with stack.queue_client() as queue:
+        # No deadline of its own: `outcome` ends the wait (a stall, or max_wait after posting).
+        ended = wait_for(outcome, math.inf, interval=poll_s, what="the messages to finish")
+    return None if ended == "finished" else ended
+
+
+def progress_line(elapsed_s: float, messages: int, snapshot: Snapshot, record: ChaosRecord) -> str:
+    def shown(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    return (
+        f"+{elapsed_s:.0f}s posted {snapshot.posted}/{messages}, replies {shown(snapshot.replies)}"
+        f", finished {shown(snapshot.finished)}, unclaimed {shown(snapshot.unclaimed)}"
+        f", active {shown(snapshot.active)}"
+        f", events {sum(record.events.values())}, crashes {len(record.crashes)}"
+    )
 
 
 # Counting --------------------------------------------------------------------------------------
@@ -332,46 +435,66 @@ def eq_patches(stack: LocalStack) -> Counter[str]:
     return Counter(PATCH_LINE.findall(text))
 
 
+def fate(human: dict[str, Any] | None, replies: int, job: Job | None) -> str:
+    """What became of one posted message: "answered" (a reply, or a recorded reason for none),
+    "lost", or, while work on it may still go on, "unclaimed" or "in_flight"; "unposted" if it
+    never reached the queue.
+
+    Work that ended (completed on the queue, or finished in the ledger) is lost unless it was
+    completed on the queue and has a reply or a finished ledger job with a reason (or skipped)."""
+    if human is None:
+        return "unposted"
+    status = (human.get("botParams") or {}).get("status")
+    completed = status == "complete"
+    finished = job is not None and job.state.finished
+    if not completed and not finished:
+        return "unclaimed" if status == "pending" and job is None else "in_flight"
+    if completed and not finished and job is not None and not replies:
+        return "in_flight"  # completed on the queue, its job not yet finished
+    explained = job is not None and finished and bool(job.reason or job.outcome == "skipped")
+    if not completed or not (replies or explained):
+        return "lost"
+    return "answered"
+
+
 def count_outcomes(
     stack: LocalStack, sent: list[NewMessage], global_before: float, record: ChaosRecord
 ) -> dict[str, Any]:
     ids = [str(message.id) for message in sent]
     posted = set(ids)
+    # The ledger first, then the queue: a job finishes after its reply and completion, so work
+    # still under way between the two reads is never taken for lost.
+    ledger = stack.ledger
+    jobs = {job.id: job for job in ledger.get_many(ids)}
     with stack.queue_client() as queue:
-        comments = queue.comments_after(0)
         global_after = float(queue.stats().get("globalScore", 0))
+        comments = queue.comments_after(0)
     humans = {str(c["id"]): c for c in comments if str(c.get("id")) in posted}
     replies = Counter(
         str(c.get("replyTo"))
         for c in comments
         if c.get("message-type") == "AI" and str(c.get("replyTo")) in posted
     )
-    ledger = Ledger(stack.redis, stack.keys)
-    jobs = {job.id: job for job in ledger.get_many(ids)}
-    lost: list[str] = []
-    for job_id in ids:
-        human = humans.get(job_id) or {}
-        completed = (human.get("botParams") or {}).get("status") == "complete"
-        job = jobs.get(job_id)
-        explained = (
-            job is not None and job.state.finished and bool(job.reason or job.outcome == "skipped")
-        )
-        if not completed or not (replies[job_id] or explained):
-            lost.append(job_id)
+    fates = {job_id: fate(humans.get(job_id), replies[job_id], jobs.get(job_id)) for job_id in ids}
+    by_fate = Counter(fates.values())
+    lost = [job_id for job_id in ids if fates[job_id] == "lost"]
     patches = eq_patches(stack)
     eq_sum = sum(float(human.get("eqScore") or 0) for human in humans.values())
     dead_ids = [job_id for job_id in ledger.dead_job_ids(limit=100_000) if job_id in posted]
     dead = ledger.get_many(dead_ids)
-    took = sorted(
+    took = [
         (job.finished_at or 0.0) - job.claimed_at for job in jobs.values() if job.state.finished
-    )
+    ]
     over_capacity = record.refused_before_stops.copy()
     for spec in stack.specs:
         over_capacity[spec.name] += refused_full(stack, spec.name)
-    return {
+    report: dict[str, Any] = {
         "messages": len(sent),
         "replies": sum(replies.values()),
         "lost": len(lost),
+        "unclaimed": by_fate["unclaimed"],
+        "in_flight": by_fate["in_flight"],
+        "unposted": by_fate["unposted"],
         "duplicate_replies": sum(count - 1 for count in replies.values() if count > 1),
         "double_eq": sum(1 for job_id in ids if patches[job_id] > 1),
         "eq_excess": round(global_after - global_before - eq_sum, 3),
@@ -381,8 +504,8 @@ def count_outcomes(
         "crashes": len(record.crashes),
         "outcomes": dict(Counter(job.outcome or job.state.value for job in jobs.values())),
         # Claim to finish: a job that waited for a deadline or a timer shows here.
-        "job_s_p50": round(took[len(took) // 2], 2) if took else None,
-        "job_s_max": round(took[-1], 2) if took else None,
+        "job_s_p50": round(percentile(took, 0.5), 2) if took else None,
+        "job_s_max": round(max(took), 2) if took else None,
         "slow_jobs": [
             f"{job.id}: {(job.finished_at or 0.0) - job.claimed_at:.0f}s {job.history()[:200]}"
             for job in jobs.values()
@@ -394,6 +517,11 @@ def count_outcomes(
         ),
         "over_capacity_by_server": {name: n for name, n in over_capacity.items() if n},
     }
+    left = [job_id for job_id in ids if fates[job_id] in ("unclaimed", "in_flight")]
+    report["unfinished"] = len(left)
+    if left:
+        report["unfinished_jobs"] = unfinished_report(stack, left)
+    return report
 
 
 def short_reason(reason: str) -> str:
@@ -401,8 +529,10 @@ def short_reason(reason: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", reason)[:160]
 
 
-def stuck_report(stack: LocalStack, job_ids: list[str]) -> dict[str, Any]:
-    ledger = Ledger(stack.redis, stack.keys)
+def unfinished_report(stack: LocalStack, job_ids: list[str]) -> dict[str, Any]:
+    """The unfinished messages by their ledger state now ("absent": never written, e.g.
+    unclaimed; work goes on meanwhile), with a few examples of those still unfinished."""
+    ledger = stack.ledger
     jobs = {job.id: job for job in ledger.get_many(job_ids)}
     now = time.time()
     by_state = Counter(
@@ -418,7 +548,7 @@ def stuck_report(stack: LocalStack, job_ids: list[str]) -> dict[str, Any]:
             "age_s": round(now - job.claimed_at, 1),
             "history": job.history()[:300],
         }
-        for job in list(jobs.values())[:5]
+        for job in [job for job in jobs.values() if not job.state.finished][:5]
     ]
     return {"by_state": dict(by_state), "examples": examples}
 
@@ -435,12 +565,14 @@ def run_chaos(
     rate: float = 0.0,
     servers: list[SimServerSpec] | None = None,
     extra_env: dict[str, str] | None = None,
-    quiet_timeout_s: float = 300.0,
+    stall_timeout_s: float = 120.0,
+    max_wait_s: float = 3600.0,
     work_dir: Path | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run `messages` through a stack under chaos (a random schedule from `seed` unless one is
-    given) and count what became of them."""
+    given) and count what became of them. Waits while the work moves: gives up after
+    `stall_timeout_s` without progress, or `max_wait_s` after the last post."""
     specs = servers or chaos_fleet()
     sent = chaos_messages(messages, seed)
     ids = [str(message.id) for message in sent]
@@ -454,52 +586,64 @@ def run_chaos(
         poster.start()
         chaos.start()
         try:
-            left = wait_finished(
-                stack, ids, poster, chaos, whole_schedule=whole_schedule, timeout_s=quiet_timeout_s
+            gave_up = wait_finished(
+                stack,
+                ids,
+                poster,
+                chaos,
+                whole_schedule=whole_schedule,
+                stall_timeout_s=stall_timeout_s,
+                max_wait_s=max_wait_s,
+                say=say,
             )
         finally:
             poster.stopping.set()
             chaos.stop()
             poster.join(timeout=30)
         elapsed = time.monotonic() - began
-        say(f"quiet after {elapsed:.1f}s" if not left else f"{len(left)} jobs not finished")
+        say(f"all finished after {elapsed:.1f}s" if not gave_up else f"gave up ({gave_up})")
         report = count_outcomes(stack, sent, global_before, chaos.record)
         report.update(
             {
                 "seed": seed,
                 "elapsed_s": round(elapsed, 1),
+                "gave_up": gave_up,
                 "events": dict(chaos.record.events),
                 "crash_details": chaos.record.crashes,
-                "stuck": len(left),
             }
         )
-        if left:
-            report["stuck_jobs"] = stuck_report(stack, left)
     return report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7, help="draws the messages and the chaos")
     parser.add_argument("--rate", type=float, default=0.0, help="messages posted a second (0: all)")
     parser.add_argument(
-        "--quiet-timeout", type=float, default=300.0, help="seconds after the last post"
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="give up after this many seconds with no message posted, replied to or finished",
     )
-    parser.add_argument("--keep-dir", type=Path, help="keep the stack's logs and data here")
+    parser.add_argument(
+        "--max-wait", type=float, default=3600.0, help="give up this long after the last post"
+    )
+    parser.add_argument("--keep-dir", type=kept_dir, help="keep the stack's logs and data here")
     args = parser.parse_args()
     stop_on_sigterm()
-    if args.keep_dir:
-        args.keep_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     report = run_chaos(
         args.messages,
         args.seed,
         rate=args.rate,
-        quiet_timeout_s=args.quiet_timeout,
+        stall_timeout_s=args.stall_timeout,
+        max_wait_s=args.max_wait,
         work_dir=args.keep_dir,
-        say=lambda line: print(line, flush=True),
+        say=say,
     )
     print(json.dumps(report))
 

@@ -20,26 +20,29 @@ again), start (→ the other worker began), post (generation end → reply poste
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script: the project root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
-from e2e import percentile  # beside this script, on sys.path when it runs
 from pydantic_settings import BaseSettings
 
-from orchestrator.domain.messages import BotParams, NewMessage
+from bench.common import ETERNAL, LLAMA, bench_parser, chat_message, kept_dir, percentile, sim_stats
+from orchestrator.domain.job import Job
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import Job, JobState, Ledger
+from orchestrator.state.ledger import Ledger
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
 from standins.waiting import wait_for
+from workers.contract.job import JobState
 from workers.settings import WorkerSettings
 
-LLAMA = "llama3.2:3b"  # the-eternal's model: 100 tokens a reply
 SERVERS = ("mac-a", "mac-b", "mac-c")
 KINDS = ("refused", "vanished")
 
@@ -58,10 +61,11 @@ def fleet(tokens_per_second: float) -> list[SimServerSpec]:
 
 
 def sim_active(stack: LocalStack, server_id: str) -> int:
+    """Requests the server is running now; -1 when it cannot tell."""
+    stats = sim_stats(stack.sim_url(server_id), timeout=1.0)
     try:
-        answer = httpx.get(f"{stack.sim_url(server_id)}/sim/stats", timeout=1.0)
-        return int(answer.json()["active"])
-    except (httpx.HTTPError, ValueError, KeyError):
+        return int(stats["active"]) if stats else -1
+    except (KeyError, TypeError, ValueError):
         return -1
 
 
@@ -124,12 +128,7 @@ def trial(stack: LocalStack, ledger: Ledger, kind: str, index: int) -> dict[str,
     posted_ms = int(time.time() * 1000)
     with stack.queue_client() as queue:
         queue.post_comment(
-            NewMessage(
-                id=job_id,
-                text=f"failover trial {index}: what would you keep?",
-                username="bench",
-                botParams=BotParams(entity="the-eternal"),
-            )
+            chat_message(job_id, f"failover trial {index}: what would you keep?", ETERNAL)
         )
     server_id = wait_for(
         lambda: running_on(stack, ledger, job_id), 30, interval=0.01, what=f"{job_id} running"
@@ -196,21 +195,17 @@ def default(settings: type[BaseSettings], name: str) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--trials", type=int, default=20, help="trials of each kind")
     parser.add_argument(
         "--tps", type=float, default=60.0, help="simulated tokens/s (100 tokens a reply)"
     )
-    parser.add_argument("--keep-dir", type=Path, help="keep the stack's logs and data here")
+    parser.add_argument("--keep-dir", type=kept_dir, help="keep the stack's logs and data here")
     args = parser.parse_args()
     stop_on_sigterm()
-    if args.keep_dir:
-        args.keep_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     with LocalStack(fleet(args.tps), work_dir=args.keep_dir) as stack:
-        ledger = Ledger(stack.redis, stack.keys)
+        ledger = stack.ledger
         for index in range(args.trials):
             for kind in KINDS:
                 result = trial(stack, ledger, kind, index)

@@ -18,7 +18,12 @@ bridge_rss_mb (the bridge's resident memory while it routes over N known servers
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script: the project root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import itertools
 import json
 import random
@@ -27,22 +32,28 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
-from e2e import percentile  # beside this script, on sys.path when it runs
+import redis
 
+from bench.common import (
+    CRITIC,
+    ETERNAL,
+    LLAMA,
+    QWEN,
+    bench_parser,
+    chat_message,
+    percentile,
+    sim_stats,
+)
 from orchestrator.domain.entities import load_entities
-from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.domain.job import Job
+from orchestrator.domain.messages import NewMessage
 from orchestrator.domain.routing import choose_server
 from orchestrator.state.fleet import Fleet
-from orchestrator.state.ledger import Job, Ledger
-from orchestrator.state.redis_codec import connect
 from standins import SAMPLE_ENTITIES_DIR
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
 from workers.contract.keys import Keys
 
-LLAMA = "llama3.2:3b"  # the-eternal
-QWEN = "qwen2.5:7b"  # the-critic
 POLICIES = ("soonest", "random", "least_inflight")
 
 
@@ -71,11 +82,8 @@ REGIONS = {"gpu-us": "us"}
 def burst(count: int, seed: int = 11) -> list[NewMessage]:
     rng = random.Random(seed)
     return [
-        NewMessage(
-            id=f"fleet-{index}",
-            text=f"burst question {index}",
-            username="bench",
-            botParams=BotParams(entity="the-eternal" if rng.random() < 0.6 else "the-critic"),
+        chat_message(
+            f"fleet-{index}", f"burst question {index}", ETERNAL if rng.random() < 0.6 else CRITIC
         )
         for index in range(count)
     ]
@@ -130,9 +138,11 @@ def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[s
             for message in messages:
                 queue.post_comment(message)
         wait_quiet(stack, expected=len(messages), timeout=1800)
-        jobs = Ledger(stack.redis, stack.keys).get_many([str(m.id) for m in messages])
-        stats = [httpx.get(f"{stack.sim_url(s.name)}/sim/stats").json() for s in stack.specs]
+        jobs = stack.ledger.get_many([str(m.id) for m in messages])
+        stats = [sim_stats(stack.sim_url(spec.name)) for spec in stack.specs]
         rss_mb = bridge_rss_mb(stack)
+    if None in stats:
+        raise RuntimeError(f"{policy}: a simulated server did not give its stats")
     answered = [job for job in jobs if job.outcome == "answered"]
     if len(answered) != len(messages):
         raise RuntimeError(f"{policy}: {len(answered)} of {len(messages)} answered")
@@ -186,7 +196,7 @@ def route_ms_p99(servers: int, decisions: int = 2000) -> dict[str, float]:
     from standins.embedded_redis import EmbeddedRedis  # noqa: PLC0415
 
     with EmbeddedRedis() as redis_server:
-        client = connect(redis_server.url)
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         keys = Keys()
         rng = random.Random(3)
         pipe = client.pipeline(transaction=False)
@@ -223,9 +233,7 @@ def route_ms_p99(servers: int, decisions: int = 2000) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--servers", type=int, default=0, help="also measure with N servers")
     parser.add_argument("--policies", default=",".join(POLICIES))

@@ -40,7 +40,7 @@ def test_chaos_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
         rate=15,
         servers=fleet,
         extra_env=FAST_RECOVERY,
-        quiet_timeout_s=40,
+        stall_timeout_s=40,
         work_dir=work_dir,
         say=lines.append,
     )
@@ -48,7 +48,7 @@ def test_chaos_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     assert report["events"] == dict.fromkeys(
         ("kill_worker", "stop_sim", "kill_bridge", "kill_control", "restart_redis"), 1
     ), summary
-    assert report["stuck"] == 0, summary
+    assert report["unfinished"] == 0, summary
     assert report["lost"] == 0, summary
     assert report["replies"] + report["dead_letters"] >= report["messages"], summary
     assert report["duplicate_replies"] == 0, summary
