@@ -4,7 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
 COPY workers ./workers
-RUN pip install --no-cache-dir . && useradd --create-home ollama-cloud
+RUN pip install --no-cache-dir '.[orchestrator]' && useradd --create-home ollama-cloud
 USER ollama-cloud
 ENV PYTHONUNBUFFERED=1
 CMD ["ollama-cloud", "--help"]

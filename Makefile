@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check lint types pytest bench clean
+.PHONY: demo test quick check lint types pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(STAMP)
 	$(BIN)/ollama-cloud demo
 
 test: lint types pytest
+
+# The edit loop: lint, types and the tests that start no process of their own (under 30 s).
+quick: lint types
+	HYPOTHESIS_PROFILE=quick $(BIN)/python -m pytest -q -m "not e2e"
 
 check: test
 

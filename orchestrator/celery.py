@@ -7,10 +7,11 @@ from typing import Any
 
 from celery import Celery, signals
 
-from orchestrator.control.tasks import RECOVER_TASK, SWEEP_TASK, register
-from orchestrator.settings import Settings, load_settings
+from orchestrator.control.tasks import register
+from orchestrator.services import close_process_services
+from orchestrator.settings import Settings
 from workers.contract.celery_config import celery_config, quiet_task_trace
-from workers.contract.protocol import CONTROL_QUEUE
+from workers.contract.protocol import CONTROL_QUEUE, RECOVER_TASK, SWEEP_TASK
 
 
 def control_config(settings: Settings) -> dict[str, Any]:
@@ -44,6 +45,13 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = Celery("orchestrator", set_as_current=False)
-app.add_defaults(lambda: control_config(load_settings()))
+app.add_defaults(lambda: control_config(Settings.load()))
 register(app)
 signals.after_setup_logger.connect(quiet_task_trace, weak=False)
+
+
+def close_on_shutdown(**_: Any) -> None:
+    close_process_services()
+
+
+signals.worker_shutdown.connect(close_on_shutdown, weak=False)

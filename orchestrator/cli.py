@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvloop
 
-from orchestrator.settings import load_settings
+from orchestrator.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 queue_app = typer.Typer(no_args_is_help=True, help="The local site queue.")
@@ -63,7 +62,7 @@ def bridge(
     from orchestrator.services import Services  # noqa: PLC0415
 
     setup_logging(log_level)
-    settings = load_settings(
+    settings = Settings.load(
         config,
         queue_url=queue_url,
         redis_url=redis_url,
@@ -91,14 +90,13 @@ def status(
     from rich.live import Live  # noqa: PLC0415
 
     from orchestrator.ops.status import FleetStatus, read_status, status_table  # noqa: PLC0415
-    from orchestrator.state.redis_codec import connect  # noqa: PLC0415
-    from workers.contract.keys import Keys  # noqa: PLC0415
+    from orchestrator.services import State  # noqa: PLC0415
 
-    settings = load_settings(config, redis_url=redis_url)
-    client, keys = connect(settings.redis_url), Keys(settings.key_prefix)
+    settings = Settings.load(config, redis_url=redis_url)
+    state = State.from_settings(settings)
 
     def current() -> FleetStatus:
-        return read_status(client, keys, lost_after_s=settings.server_lost_after_s)
+        return read_status(state)
 
     try:
         if as_json:
@@ -111,7 +109,7 @@ def status(
                 while not stop.wait(1.0):
                     live.update(status_table(current()), refresh=True)
     finally:
-        client.close()
+        state.close()
 
 
 RedisUrl = Annotated[str | None, typer.Option(help="Redis URL")]
@@ -143,7 +141,7 @@ def jobs_list(
     """Active jobs (state, attempt, server, age, deadline, last error) and dead letters."""
     from orchestrator.ops.jobs import list_command  # noqa: PLC0415
 
-    settings = load_settings(config, redis_url=redis_url)
+    settings = Settings.load(config, redis_url=redis_url)
     raise typer.Exit(list_command(settings, limit=limit, as_json=as_json))
 
 
@@ -154,7 +152,7 @@ def jobs_show(
     """One job whole: its fields, its message, every attempt."""
     from orchestrator.ops.jobs import show_command  # noqa: PLC0415
 
-    settings = load_settings(config, redis_url=redis_url)
+    settings = Settings.load(config, redis_url=redis_url)
     raise typer.Exit(show_command(settings, job_id, as_json=as_json))
 
 
@@ -163,7 +161,7 @@ def jobs_retry(job_id: JobId, config: ConfigOption = None, redis_url: RedisUrl =
     """Place a dead letter again: its failures forgiven, a new deadline, any server."""
     from orchestrator.ops.jobs import retry_command  # noqa: PLC0415
 
-    settings = load_settings(config, redis_url=redis_url)
+    settings = Settings.load(config, redis_url=redis_url)
     raise typer.Exit(retry_command(settings, job_id))
 
 
@@ -177,7 +175,7 @@ def jobs_drop(
     """End an active or dead job without a reply, and complete it on the site."""
     from orchestrator.ops.jobs import drop_command  # noqa: PLC0415
 
-    settings = load_settings(config, redis_url=redis_url, queue_url=queue_url)
+    settings = Settings.load(config, redis_url=redis_url, queue_url=queue_url)
     raise typer.Exit(drop_command(settings, job_id))
 
 
@@ -193,7 +191,7 @@ def queue_serve(
     from standins.local_queue import serve  # noqa: PLC0415
 
     setup_logging(log_level)
-    settings = load_settings(config)
+    settings = Settings.load(config)
     serve(host, port, db, settings.queue_token_value())
 
 
@@ -210,6 +208,8 @@ def sim(
     log_level: LogLevel = "warning",
 ) -> None:
     """Serve simulated Ollama servers, each on its own port."""
+    import uvloop  # noqa: PLC0415
+
     from standins.simulator import parse_server_spec, serve  # noqa: PLC0415
     from standins.stack import demo_fleet  # noqa: PLC0415
 
@@ -237,7 +237,3 @@ def demo(
     from standins.demo import run_demo  # noqa: PLC0415
 
     raise typer.Exit(run_demo(messages=messages, rate=rate, timeout=timeout))
-
-
-def main() -> None:
-    app()

@@ -1,18 +1,38 @@
-"""The orchestrator's exception tree, mapped once at each boundary."""
+"""The orchestrator's exception tree: callers catch by meaning, never by library. Third-party
+errors are mapped to these once, where they enter (the site queue client)."""
 
 from __future__ import annotations
 
 
-class QueueError(Exception):
+class OrchestratorError(Exception):
+    """Anything of ours that went wrong on the orchestrator's side."""
+
+
+class Retry(OrchestratorError):
+    """Not now: the same step may well succeed later. `delay` says when to look again (None:
+    the caller's own backoff)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class EqInDoubt(Retry):
+    """Another delivery began applying this EQ score moments ago: look again later."""
+
+
+class QueueError(OrchestratorError):
     """The site queue did not do what was asked."""
 
 
 class QueueUnreachable(QueueError):
-    """No answer from the site queue: connection refused, reset or timed out."""
+    """No answer from the site queue (connection refused, reset or timed out): the request may
+    or may not have been carried out."""
 
 
-class EqInDoubt(QueueUnreachable):
-    """Another delivery began applying this EQ score moments ago: look again later."""
+class QueueNotReached(QueueUnreachable):
+    """The request never reached the site queue (connection refused, or not made in time):
+    nothing was carried out, so sending it again cannot do it twice."""
 
 
 class QueueClientError(QueueError):
@@ -45,9 +65,13 @@ class BadQueueAnswer(QueueError):
     """The site queue answered something that is not the contract (bad JSON, wrong shape)."""
 
 
-class EntityError(Exception):
+# Failures of the site queue worth trying again after a pause.
+TRANSIENT_QUEUE_ERRORS = (QueueUnreachable, QueueServerError)
+
+
+class EntityError(OrchestratorError):
     """An entity file that cannot be loaded."""
 
 
-class JobRefused(Exception):
+class JobRefused(OrchestratorError):
     """An operator's action on a job that its state does not allow (unknown, not dead, ended)."""

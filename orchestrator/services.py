@@ -1,4 +1,5 @@
-"""The connections one orchestrator process holds, built once from its settings."""
+"""The one place the orchestrator's clients are built: Redis, the key names, the ledger, the
+fleet registry, the site queue client and the entities, from one process's settings."""
 
 from __future__ import annotations
 
@@ -7,20 +8,72 @@ import threading
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from orchestrator.domain.entities import EntityCatalog, load_entities
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Ledger
-from orchestrator.state.redis_codec import connect
-from workers.contract.keys import Keys
+from workers.contract.keys import DEFAULT_PREFIX, Keys
 
 log = logging.getLogger(__name__)
 
 
+def connect_redis(url: str) -> redis.Redis:
+    """A client that decodes to str and rides out a Redis restart with backoff."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+def site_queue_client(settings: Settings) -> SiteQueueClient:
+    return SiteQueueClient(
+        settings.queue_url, settings.queue_token_value(), timeout=settings.queue_timeout_s
+    )
+
+
+@dataclass
+class State:
+    """Redis and what the system keeps in it: enough for `status`, `jobs` and beat."""
+
+    redis: redis.Redis
+    keys: Keys
+    ledger: Ledger
+    fleet: Fleet
+
+    @classmethod
+    def connect(
+        cls, redis_url: str, key_prefix: str = DEFAULT_PREFIX, lost_after_s: float = 3.0
+    ) -> State:
+        client = connect_redis(redis_url)
+        keys = Keys(key_prefix)
+        return cls(
+            redis=client,
+            keys=keys,
+            ledger=Ledger(client, keys),
+            fleet=Fleet(client, keys, lost_after_s=lost_after_s),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> State:
+        return cls.connect(settings.redis_url, settings.key_prefix, settings.server_lost_after_s)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
 @dataclass
 class Services:
+    """Everything a bridge or a control worker talks to."""
+
     settings: Settings
     redis: redis.Redis
     keys: Keys
@@ -31,21 +84,16 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        client = connect(settings.redis_url)
-        keys = Keys(settings.key_prefix)
+        state = State.from_settings(settings)
         entities = load_entities(settings.entities_dir)
         log.info("loaded %d entities from %s", len(entities), settings.entities_dir)
         return cls(
             settings=settings,
-            redis=client,
-            keys=keys,
-            ledger=Ledger(client, keys),
-            fleet=Fleet(client, keys, lost_after_s=settings.server_lost_after_s),
-            queue=SiteQueueClient(
-                settings.queue_url,
-                settings.queue_token_value(),
-                timeout=settings.queue_timeout_s,
-            ),
+            redis=state.redis,
+            keys=state.keys,
+            ledger=state.ledger,
+            fleet=state.fleet,
+            queue=site_queue_client(settings),
             entities=entities,
         )
 
@@ -63,5 +111,15 @@ def process_services() -> Services:
     global _process_services  # noqa: PLW0603 - one set of connections per control process
     with _lock:
         if _process_services is None:
-            _process_services = Services.build(load_settings())
+            _process_services = Services.build(Settings.load())
         return _process_services
+
+
+def close_process_services() -> None:
+    """Close this process's connections (the control worker's shutdown); the next use builds
+    them again from the settings of that moment."""
+    global _process_services  # noqa: PLW0603
+    with _lock:
+        if _process_services is not None:
+            _process_services.close()
+            _process_services = None

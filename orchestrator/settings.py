@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,12 +16,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from workers.settings import ENV_PREFIX, CelerySettings
+from orchestrator.domain.routing import POLICIES
+from workers.contract.settings import ENV_PREFIX, CelerySettings
 
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
-_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "config_file", default=None
-)
 
 
 def _default_bridge_id() -> str:
@@ -92,12 +89,24 @@ class Settings(CelerySettings):
     default_load_s: float = Field(
         default=20.0, ge=0, description="Routing: a model's load time on a server until measured"
     )
-    routing_policy: Literal["soonest", "random", "least_inflight"] = Field(
+    routing_policy: str = Field(
         default="soonest",
         description="soonest finish (the router); random and least_inflight, which ignore "
         "capacity and speed, exist to compare against (bench/fleet.py)",
     )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
+        """Settings from command-line `flags` (None meaning not given), then the environment,
+        then the TOML file (`config_file`, else OLLAMA_CLOUD_CONFIG) if there is one."""
+        path = config_file or os.environ.get(CONFIG_FILE_VARIABLE)
+        source: type[Settings] = cls
+        if path:
+            config = SettingsConfigDict(**cls.model_config)
+            config["toml_file"] = Path(path)
+            source = type(cls.__name__, (cls,), {"model_config": config})
+        return source(**{name: value for name, value in flags.items() if value is not None})
 
     @classmethod
     def settings_customise_sources(
@@ -109,19 +118,16 @@ class Settings(CelerySettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_VARIABLE)
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+    @field_validator("routing_policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(f"one of {', '.join(POLICIES)}")
+        return name
 
     def queue_token_value(self) -> str | None:
         return self.queue_token.get_secret_value() if self.queue_token else None
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from flags (`overrides`, None meaning unset), then environment, then the file."""
-    token = _config_file.set(config_file)
-    try:
-        return Settings(**{name: value for name, value in overrides.items() if value is not None})
-    finally:
-        _config_file.reset(token)

@@ -1,4 +1,4 @@
-"""The site queue's HTTP API (docs/queue-api.md) as a synchronous client.
+"""The site queue's HTTP API (docs/site-queue.md) as a synchronous client.
 
 httpx errors and HTTP statuses become our own errors here, once (orchestrator.errors). The client
 never retries: the bridge and the control tasks choose their own backoff.
@@ -21,6 +21,7 @@ from orchestrator.errors import (
     BadQueueAnswer,
     MessageGone,
     QueueClientError,
+    QueueNotReached,
     QueueServerError,
     QueueUnreachable,
 )
@@ -198,6 +199,8 @@ class SiteQueueClient:
             )
         except httpx.DecodingError as exc:
             raise BadQueueAnswer(f"{method} {path}: undecodable answer: {exc}") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise QueueNotReached(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         except httpx.RequestError as exc:
             raise QueueUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code

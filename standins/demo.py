@@ -13,9 +13,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator.domain.job import Outcome
 from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.domain.servers import ServerView
 from orchestrator.site_queue import SiteQueueClient
-from orchestrator.state.fleet import ServerView
 from standins.stack import LocalStack, stop_on_sigterm
 
 console = Console()
@@ -63,33 +64,30 @@ class Progress:
     last_score: float = 0.0
 
     def refresh(self, stack: LocalStack) -> None:
-        new_ids: list[str] = stack.redis.zrangebyscore(  # type: ignore[assignment]
-            stack.keys.finished_jobs, self.last_score, "+inf", withscores=False
-        )
-        fresh = [job_id for job_id in new_ids if job_id not in self.finished]
+        fresh = [
+            (job_id, at)
+            for job_id, at in stack.ledger.finished_since(self.last_score)
+            if job_id not in self.finished
+        ]
         if not fresh:
             return
-        pipe = stack.redis.pipeline(transaction=False)
-        for job_id in fresh:
-            pipe.hmget(
-                stack.keys.job(job_id), ["server_id", "outcome", "claimed_at", "finished_at"]
-            )
-        for job_id, (server_id, outcome, claimed_at, finished_at) in zip(
-            fresh, pipe.execute(), strict=True
-        ):
-            self.finished[job_id] = {
-                "server_id": server_id or "-",
-                "outcome": outcome or "?",
-                "latency_ms": f"{(float(finished_at or 0) - float(claimed_at or 0)) * 1000:.0f}",
+        for job in stack.ledger.get_many(job_id for job_id, _ in fresh):
+            finished_at = job.finished_at or 0.0
+            self.finished[job.id] = {
+                "server_id": job.server_id or "-",
+                "outcome": job.outcome or "?",
+                "latency_ms": f"{(finished_at - job.claimed_at) * 1000:.0f}",
             }
-            self.last_score = max(self.last_score, float(finished_at or 0))
+        self.last_score = max(at for _, at in fresh)
 
     def outcomes(self) -> Counter[str]:
         return Counter(entry["outcome"] for entry in self.finished.values())
 
     def per_server(self) -> Counter[str]:
         return Counter(
-            entry["server_id"] for entry in self.finished.values() if entry["outcome"] == "answered"
+            entry["server_id"]
+            for entry in self.finished.values()
+            if entry["outcome"] == Outcome.ANSWERED
         )
 
     def latencies_ms(self) -> list[float]:
@@ -120,7 +118,7 @@ def summary_table(progress: Progress, elapsed_s: float) -> Table:
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("posted", str(len(progress.posted)))
-    for outcome in ("answered", "skipped", "rejected", "dead"):
+    for outcome in (Outcome.ANSWERED, Outcome.SKIPPED, Outcome.REJECTED, Outcome.DEAD):
         table.add_row(outcome, str(outcomes.get(outcome, 0)))
     table.add_row("in progress", str(len(progress.posted) - len(progress.finished)))
     table.add_row("latency p50 (claim → reply)", f"{statistics.median(latencies):.0f} ms")

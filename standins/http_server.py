@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from types import TracebackType
@@ -11,7 +13,49 @@ import uvicorn
 from starlette.types import ASGIApp
 
 
-def uvicorn_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
+class PromptServer(uvicorn.Server):
+    """uvicorn's server, which stops the moment it is told to, not at its next tick, and does
+    not linger once its connections are closed: the tests start and stop hundreds."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._told = asyncio.Event()
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._told.wait(), 0.1)
+
+    def exit_soon(self) -> None:
+        """Stop serving; safe from any thread."""
+        self.should_exit = True
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._told.set)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
+        while (self.server_state.connections or self.server_state.tasks) and (
+            time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.005)
+        for task in self.server_state.tasks:
+            task.cancel()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+def uvicorn_server(app: ASGIApp, host: str, port: int) -> PromptServer:
     config = uvicorn.Config(
         app,
         host=host,
@@ -21,10 +65,10 @@ def uvicorn_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
         lifespan="off",
         timeout_graceful_shutdown=1,
     )
-    return uvicorn.Server(config)
+    return PromptServer(config)
 
 
-async def serve_all(servers: list[uvicorn.Server]) -> None:
+async def serve_all(servers: list[PromptServer]) -> None:
     """Run several uvicorn servers on one event loop until cancelled or told to exit."""
     await asyncio.gather(*(server.serve() for server in servers))
 
@@ -55,7 +99,7 @@ class ThreadedServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.exit_soon()
         self.thread.join(timeout=10)
 
     def __enter__(self) -> ThreadedServer:

@@ -1,4 +1,4 @@
-"""The local queue: the site queue's HTTP API (docs/queue-api.md), kept in SQLite.
+"""The local queue: the site queue's HTTP API (docs/site-queue.md), kept in SQLite.
 
 One SQLite connection behind one lock, one transaction per operation: claims are atomic the
 way the Durable Object's one-request-at-a-time makes them, and a restart loses nothing.

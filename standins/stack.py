@@ -16,16 +16,17 @@ from types import TracebackType
 import httpx
 import redis
 
+from orchestrator.domain.servers import ServerView
+from orchestrator.services import State
 from orchestrator.site_queue import SiteQueueClient
-from orchestrator.state.fleet import Fleet, ServerView
-from orchestrator.state.redis_codec import connect
+from orchestrator.state.ledger import Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis, TlsFiles, free_port
 from standins.processes import ManagedProcess, ProcessGroup, python_command
 from standins.simulator import SimServerSpec
 from standins.waiting import wait_for
-from workers.contract.keys import Keys
-from workers.settings import ENV_PREFIX
+from workers.contract.keys import DEFAULT_PREFIX, Keys
+from workers.contract.settings import ENV_PREFIX
 
 
 def demo_fleet() -> list[SimServerSpec]:
@@ -73,7 +74,11 @@ class LocalStack:
         work_dir: Path | None = None,
         redis_password: str | None = None,
         redis_tls: TlsFiles | None = None,
+        key_prefix: str = DEFAULT_PREFIX,
+        shared_redis: EmbeddedRedis | None = None,
     ) -> None:
+        """`shared_redis`: a Redis that another stack (another fleet, under another
+        `key_prefix`) uses too; it is started and stopped by its owner, not by this stack."""
         self.specs = [
             spec.model_copy(update={"port": spec.port or free_port()})
             for spec in (servers or demo_fleet())
@@ -85,16 +90,17 @@ class LocalStack:
         self.bridge_count = bridges
         self._own_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="ollama-cloud-"))
-        self.redis_server = EmbeddedRedis(
+        self._own_redis = shared_redis is None
+        self.redis_server = shared_redis or EmbeddedRedis(
             data_dir=self.work_dir / "redis", password=redis_password, tls=redis_tls
         )
         (self.work_dir / "redis").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.queue_port = free_port()
         self.processes = ProcessGroup()
-        self.keys = Keys()
-        self._redis: redis.Redis | None = None
-        self._fleet: Fleet | None = None
+        self.key_prefix = key_prefix
+        self.keys = Keys(key_prefix)
+        self._state: State | None = None
 
     # Addresses -------------------------------------------------------------------------------
 
@@ -111,10 +117,19 @@ class LocalStack:
         return f"http://{spec.host}:{spec.port}"
 
     @property
+    def state(self) -> State:
+        """Redis, the ledger and the fleet registry of this stack's fleet."""
+        if self._state is None:
+            self._state = State.connect(self.redis_url, self.key_prefix)
+        return self._state
+
+    @property
     def redis(self) -> redis.Redis:
-        if self._redis is None:
-            self._redis = connect(self.redis_url)
-        return self._redis
+        return self.state.redis
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.state.ledger
 
     def queue_client(self) -> SiteQueueClient:
         return SiteQueueClient(self.queue_url, self.queue_token)
@@ -127,6 +142,7 @@ class LocalStack:
                 f"{ENV_PREFIX}REDIS_URL": self.redis_url,
                 f"{ENV_PREFIX}QUEUE_URL": self.queue_url,
                 f"{ENV_PREFIX}ENTITIES_DIR": str(self.entities_dir),
+                f"{ENV_PREFIX}KEY_PREFIX": self.key_prefix,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -143,7 +159,8 @@ class LocalStack:
     # Parts -----------------------------------------------------------------------------------
 
     def start(self) -> LocalStack:
-        self.redis_server.start()
+        if self._own_redis:
+            self.redis_server.start()
         queue_argv = python_command(
             "-m", "orchestrator", "queue", "serve",
             "--port", str(self.queue_port), "--db", str(self.work_dir / "queue.sqlite3"),
@@ -224,9 +241,7 @@ class LocalStack:
         wait_for(answers, timeout, interval=0.05, what=url)
 
     def fleet(self) -> list[ServerView]:
-        if self._fleet is None:
-            self._fleet = Fleet(self.redis, self.keys)
-        return self._fleet.read()
+        return self.state.fleet.read()
 
     def wait_online(self, server_ids: list[str], timeout: float = 60.0) -> None:
         def online() -> bool:
@@ -247,11 +262,11 @@ class LocalStack:
 
     def stop(self) -> None:
         self.processes.stop_all()
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
-            self._fleet = None
-        self.redis_server.stop(remove_data=False)
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+        if self._own_redis:
+            self.redis_server.stop(remove_data=False)
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -276,7 +291,7 @@ def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
 
     def finished() -> bool:
         stack.check_alive()
-        return int(stack.redis.zcard(stack.keys.finished_jobs)) >= expected
+        return stack.ledger.finished_count() >= expected
 
     wait_for(finished, timeout, interval=0.05, what=f"{expected} jobs finished")
 

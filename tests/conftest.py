@@ -5,8 +5,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import settings
 
 from standins.embedded_redis import EmbeddedRedis
+
+# Property tests try 150 examples each; the edit loop (`make quick`) tries fewer.
+settings.register_profile("full", max_examples=150)
+settings.register_profile("quick", max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 
 @pytest.fixture(autouse=True)

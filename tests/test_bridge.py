@@ -13,14 +13,17 @@ import pytest
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
-from orchestrator.control.tasks import purge_returned, queued_attempt
+from orchestrator.control.sweep import purge_returned, queued_attempt
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import JobState
+from orchestrator.state.ledger import Reservation
 from standins import SAMPLE_ENTITIES_DIR
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
+from workers.contract.job import JobState
 from workers.contract.protocol import CONTROL_QUEUE, GENERATE_TASK, ChatRequest, GenerateJob
+from workers.contract.server_record import ServerRecord
+from workers.heartbeat import write_record
 
 HOSTILE: dict[str, dict[str, Any]] = {
     "no-text": {"username": "ada", "timestamp": 1},
@@ -87,19 +90,8 @@ def insert_rows(db_path: Path, rows: list[dict[str, Any]]) -> None:
 
 def register_server(bridge: Bridge, server_id: str, model: str) -> None:
     """A server record as a heartbeat writes it, with one slot."""
-    services = bridge.services
-    services.redis.hset(
-        services.keys.server(server_id),
-        mapping={
-            "id": server_id,
-            "capacity": "1",
-            "models": json.dumps([model]),
-            "loaded": "[]",
-            "ollama_healthy": "1",
-            "last_beat": str(time.time()),
-        },
-    )
-    services.redis.sadd(services.keys.servers, server_id)
+    record = ServerRecord(id=server_id, capacity=1, models=[model], last_beat=time.time())
+    write_record(bridge.services.redis, bridge.services.keys, record, ttl_s=60)
 
 
 def statuses(db_path: Path) -> dict[str, str | None]:
@@ -170,19 +162,26 @@ def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None
     assert waiting.state is JobState.WAITING
     assert [ready.job_id for ready in bridge.waiting] == ["second"]
     # One generate task on the server's queue, nothing for control yet.
-    assert services.redis.llen("mac-1") == 1
-    assert services.redis.llen(CONTROL_QUEUE) == 0
+    assert len(services.fleet.queued_tasks("mac-1")) == 1
+    assert services.fleet.queued_tasks(CONTROL_QUEUE) == []
 
 
 def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bridge) -> None:
-    services, keys = bridge.services, bridge.services.keys
+    services = bridge.services
     for job_id, attempt, server in (("moved", 2, "mac-2"), ("current", 1, "mac-9")):
         raw = hostile_row(job_id, {"text": "hi", "username": "ada", "timestamp": 1})
         assert services.ledger.record_claim(job_id, raw, "bridge-test", 60)
-        services.redis.hset(
-            keys.job(job_id),
-            mapping={"state": "dispatched", "attempt": attempt, "server_id": server},
+        taken = services.ledger.reserve(
+            job_id,
+            server,
+            4,
+            attempt=attempt,
+            entity="the-eternal",
+            model="llama3.2:3b",
+            priority=5,
+            bridge_id="bridge-test",
         )
+        assert taken is Reservation.TAKEN
         # Both were sent to mac-9 as attempt 1; "moved" has since gone on to mac-2.
         job = GenerateJob(
             job_id=job_id,
@@ -191,15 +190,16 @@ def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bri
             reply=ChatRequest(model="llama3.2:3b", messages=[]),
             dispatched_at=time.time(),
         )
-        bridge.celery.send_task(GENERATE_TASK, args=[job.model_dump(mode="json")], queue="mac-9")
-    assert services.redis.llen("mac-9") == 2
-    services.redis.sadd(keys.lost_servers, "mac-9")
+        payload = [job.model_dump(mode="json")]
+        bridge.placement.celery.send_task(GENERATE_TASK, args=payload, queue="mac-9")
+    assert len(services.fleet.queued_tasks("mac-9")) == 2
+    services.fleet.mark_lost("mac-9")
     register_server(bridge, "mac-9", "llama3.2:3b")
     fleet = {server.id: server for server in services.fleet.read()}
     assert purge_returned(services, fleet) == 1
-    remaining = [queued_attempt(raw) for raw in services.redis.lrange("mac-9", 0, -1)]
+    remaining = [queued_attempt(raw) for raw in services.fleet.queued_tasks("mac-9")]
     assert remaining == [("current", 1)]
-    assert services.redis.smembers(keys.lost_servers) == set()
+    assert services.fleet.lost_servers() == []
 
 
 def run_until_still(bridge: Bridge, steps: int = 50) -> None:

@@ -27,19 +27,22 @@ from hypothesis import strategies as st
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
-from orchestrator.control.tasks import queued_attempt
+from orchestrator.control.sweep import queued_attempt
 from orchestrator.domain.entities import EntityCatalog, load_entities
+from orchestrator.domain.job import Job
 from orchestrator.domain.messages import BotParams, Message, NewMessage
 from orchestrator.domain.replies import build_reply
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import Job, JobState, Ledger
-from orchestrator.state.redis_codec import texts
+from orchestrator.state.ledger import Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
 from standins.stack import LocalStack
 from standins.waiting import wait_for
+from workers.contract.job import JobState
+from workers.contract.server_record import ServerRecord
+from workers.heartbeat import write_record
 
 HUGE = 100_000
 MAX_ID = 200  # the bridge's limit on a message id
@@ -390,26 +393,24 @@ class Rig:
         """The fake server's heartbeat (a record older than 3 s counts as offline), its queue
         emptied, and its one slot free or held by another job."""
         services = self.bridge.services
-        services.redis.hset(
-            services.keys.server(FAKE_SERVER),
-            mapping={
-                "id": FAKE_SERVER,
-                "capacity": "1",
-                "models": json.dumps([HOSTED_MODEL]),
-                "loaded": json.dumps([HOSTED_MODEL]),
-                "ollama_healthy": "1",
-                "last_beat": str(time.time()),
-            },
+        record = ServerRecord(
+            id=FAKE_SERVER,
+            capacity=1,
+            models=[HOSTED_MODEL],
+            loaded=[HOSTED_MODEL],
+            last_beat=time.time(),
         )
-        services.redis.sadd(services.keys.servers, FAKE_SERVER)
-        services.redis.delete(services.keys.inflight(FAKE_SERVER), FAKE_SERVER)
+        write_record(services.redis, services.keys, record, ttl_s=60)
+        services.redis.delete(
+            services.keys.inflight(FAKE_SERVER), services.keys.broker_queue(FAKE_SERVER)
+        )
         if full:
             services.redis.sadd(services.keys.inflight(FAKE_SERVER), "another-job")
 
     def queued_generate_tasks(self) -> list[tuple[str | None, int]]:
         """(job id, attempt) of each generate task on the fake server's Celery queue."""
-        raw = self.bridge.services.redis.lrange(FAKE_SERVER, 0, -1)
-        return [queued_attempt(item) for item in texts(raw)]
+        raw = self.bridge.services.fleet.queued_tasks(FAKE_SERVER)
+        return [queued_attempt(item) for item in raw]
 
 
 @pytest.fixture
@@ -435,7 +436,6 @@ def rig(redis_url: str, tmp_path: Path) -> Iterator[Rig]:
 
 
 @settings(
-    max_examples=150,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

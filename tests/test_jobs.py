@@ -17,16 +17,19 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
+from orchestrator.domain.job import Attempt, Job
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.ops.jobs import DROP_OUTCOME, DROP_REASON
+from orchestrator.services import connect_redis
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.fleet import Fleet
-from orchestrator.state.ledger import Attempt, Job, JobState, Ledger
-from orchestrator.state.redis_codec import connect
+from orchestrator.state.ledger import Ledger, Reservation
 from standins.embedded_redis import free_port
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
+from workers.contract.job import JobState
 from workers.contract.keys import Keys
+from workers.contract.protocol import ErrorKind
 
 BRIDGE = "bridge-test"
 ENTITY = "the-eternal"
@@ -35,7 +38,7 @@ MODEL = "llama3.2:3b"
 
 @pytest.fixture
 def ledger(redis_url: str) -> Iterator[Ledger]:
-    client = connect(redis_url)
+    client = connect_redis(redis_url)
     yield Ledger(client, Keys())
     client.close()
 
@@ -77,16 +80,19 @@ def raw_message(job_id: str, text: str = "hello") -> dict[str, Any]:
 
 def claim(ledger: Ledger, job_id: str, deadline_s: float = 60, text: str = "hello") -> None:
     assert ledger.record_claim(job_id, raw_message(job_id, text), BRIDGE, deadline_s)
-    ledger.mark_ready(job_id, ENTITY, MODEL, 5)
+    assert ledger.mark_waiting(job_id, BRIDGE, entity=ENTITY, model=MODEL, priority=5)
 
 
 def dispatch(ledger: Ledger, job_id: str, server_id: str, attempt: int) -> None:
     """Take a slot on the server as the bridge does (the job must be this bridge's, waiting)."""
-    fields = {"state": "dispatched", "attempt": str(attempt), "server_id": server_id}
-    assert Fleet(ledger.redis, ledger.keys).reserve(server_id, 4, job_id, fields, owner=BRIDGE)
+    taken = ledger.reserve(
+        job_id, server_id, 4, attempt=attempt, entity=ENTITY, model=MODEL, priority=5,
+        bridge_id=BRIDGE,
+    )  # fmt: skip
+    assert taken is Reservation.TAKEN
 
 
-def fail(ledger: Ledger, job_id: str, server_id: str, kind: str, error: str) -> None:
+def fail(ledger: Ledger, job_id: str, server_id: str, kind: ErrorKind, error: str) -> None:
     """The dispatched attempt failed: the job is queued for any bridge, as delivery does."""
     job = current(ledger, job_id)
     failed = Attempt(attempt=job.attempt, server_id=server_id, error_kind=kind, error=error)
@@ -97,9 +103,9 @@ def fail(ledger: Ledger, job_id: str, server_id: str, kind: str, error: str) -> 
 
 
 FAILURES = [
-    ("mac-1", "timeout", "no answer in 30s"),
-    ("mac-2", "server_error", "HTTP 500"),
-    ("mac-3", "unavailable", "connection refused"),
+    ("mac-1", ErrorKind.TIMEOUT, "no answer in 30s"),
+    ("mac-2", ErrorKind.SERVER_ERROR, "HTTP 500"),
+    ("mac-3", ErrorKind.UNAVAILABLE, "connection refused"),
 ]
 
 
@@ -111,9 +117,9 @@ def make_dead(ledger: Ledger, job_id: str, *, apology: bool = False, text: str =
         fail(ledger, job_id, server_id, kind, error)
     job = current(ledger, job_id)
     reason = f"3 attempts failed: {job.history()}"
-    assert ledger.transition(job_id, (JobState.WAITING,), {"state": "ending", "reason": reason})
+    assert ledger.begin_ending(job, reason, (JobState.WAITING,))
     if apology:
-        ledger.redis.hset(ledger.keys.job(job_id), "apology_posted", "1")
+        assert ledger.note_apology(job_id)
     assert ledger.finish(job_id, JobState.DEAD, reason=reason, outcome="dead")
 
 
@@ -305,7 +311,7 @@ def test_drop_frees_a_dispatched_jobs_slot_and_completes_it_on_the_site(
     queue_url, db_path = site
     message = claimed_on_site(queue_url, "stuck")
     assert ledger.record_claim("stuck", message, BRIDGE, 60)
-    ledger.mark_ready("stuck", ENTITY, MODEL, 5)
+    assert ledger.mark_waiting("stuck", BRIDGE, entity=ENTITY, model=MODEL, priority=5)
     dispatch(ledger, "stuck", "mac-1", 1)
     fleet = Fleet(ledger.redis, ledger.keys)
     assert fleet.inflight_jobs("mac-1") == {"stuck"}
@@ -394,6 +400,7 @@ def test_drop_refuses_unknown_and_ended_jobs(
 # As operators run it -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_command_runs_as_a_program(ledger: Ledger, redis_url: str) -> None:
     make_dead(ledger, "gave-up")
     env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_CLOUD_")}

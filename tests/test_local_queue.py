@@ -1,4 +1,4 @@
-"""The local queue speaks the site queue's contract (docs/queue-api.md), over real HTTP."""
+"""The local queue speaks the site queue's contract (docs/site-queue.md), over real HTTP."""
 
 from __future__ import annotations
 

@@ -15,12 +15,14 @@ import httpx
 import pytest
 from rich.console import Console
 
+from orchestrator.domain.job import Job
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.ops.status import FleetStatus, ServerRow, read_status, status_table
-from orchestrator.state.ledger import Job, JobState, Ledger
+from orchestrator.state.ledger import Ledger
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack
 from standins.waiting import wait_for
+from workers.contract.job import JobState
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +179,7 @@ def test_a_failing_server_is_routed_around_and_cools_down(stack: LocalStack) -> 
     breaker = stack.redis.hgetall(stack.keys.breaker("a"))
     assert int(breaker["failures"]) >= 1
     # `status` shows it: still in the fleet, marked as failing (cooling, or probing after).
-    row = next(row for row in read_status(stack.redis, stack.keys).servers if row.id == "a")
+    row = next(row for row in read_status(stack.state).servers if row.id == "a")
     assert row.online and row.failures >= 1
     assert "COOLING" in render(row) or "probing" in render(row)
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.domain.routing import Planner, SpeedDefaults, choose_server, estimate
-from orchestrator.state.fleet import ModelSpeed, ServerView
+from orchestrator.domain.servers import ModelSpeed, ServerView
 
 M = "llama3.2:3b"
 DEFAULTS = SpeedDefaults(tokens_per_s=30.0, load_s=20.0)

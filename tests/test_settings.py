@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import Settings
 from workers.settings import WorkerSettings
 
 
 def test_defaults_need_nothing() -> None:
-    settings = load_settings()
+    settings = Settings.load()
     assert settings.queue_url == "http://127.0.0.1:8787"
     assert settings.queue_token is None
     assert settings.max_attempts == 3
@@ -24,7 +24,7 @@ def test_environment_then_file_then_flags(tmp_path: Path, monkeypatch: pytest.Mo
         'apology_text = "Sorry, try again."\nmax_attempts = 5\n'
     )
     monkeypatch.setenv("OLLAMA_CLOUD_REDIS_URL", "redis://from-env:6379/1")
-    settings = load_settings(config, queue_url="http://from-flag:2", max_attempts=None)
+    settings = Settings.load(config, queue_url="http://from-flag:2", max_attempts=None)
     assert settings.queue_url == "http://from-flag:2"  # a flag beats the file
     assert settings.redis_url == "redis://from-env:6379/1"  # the environment beats the file
     assert settings.apology_text == "Sorry, try again."
@@ -35,7 +35,7 @@ def test_config_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
     config = tmp_path / "site.toml"
     config.write_text('bridge_id = "bridge-west"\n')
     monkeypatch.setenv("OLLAMA_CLOUD_CONFIG", str(config))
-    assert load_settings().bridge_id == "bridge-west"
+    assert Settings.load().bridge_id == "bridge-west"
 
 
 def test_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:

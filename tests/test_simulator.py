@@ -506,9 +506,7 @@ request_fields = st.fixed_dictionaries(
 )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     path=st.sampled_from(["/api/chat", "/api/generate", "/v1/chat/completions"]),
     body=request_fields | json_values,

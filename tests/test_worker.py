@@ -122,6 +122,7 @@ def start_worker(
     return worker
 
 
+@pytest.mark.e2e
 def test_heartbeat_record_and_clean_removal(
     sim: SimulatorFleet, redis_url: str, tmp_path: Path
 ) -> None:
@@ -150,6 +151,7 @@ def test_heartbeat_record_and_clean_removal(
     client.close()
 
 
+@pytest.mark.e2e
 def test_worker_without_ollama_is_recorded_unhealthy(redis_url: str, tmp_path: Path) -> None:
     keys = Keys()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -165,6 +167,7 @@ def test_worker_without_ollama_is_recorded_unhealthy(redis_url: str, tmp_path: P
         client.close()
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_is_seen_gone_before_its_record_expires(
     sim: SimulatorFleet, redis_url: str, tmp_path: Path
 ) -> None:
@@ -208,6 +211,7 @@ def test_a_killed_worker_is_seen_gone_before_its_record_expires(
         client.close()
 
 
+@pytest.mark.e2e
 def test_capacity_is_never_more_than_the_worker_runs_at_once(
     sim: SimulatorFleet, redis_url: str, tmp_path: Path
 ) -> None:

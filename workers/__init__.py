@@ -4,14 +4,17 @@ Imports nothing from `orchestrator`; installs alone.
 """
 
 from workers.backends.ollama import OllamaClient
+from workers.contract.job import JobState
 from workers.contract.keys import Keys
 from workers.contract.protocol import (
     ChatOutcome,
     ChatRequest,
     ChatTurn,
+    ErrorKind,
     GenerateJob,
     GenerateResult,
 )
+from workers.contract.server_record import ServerRecord
 from workers.errors import (
     ContextOverflow,
     GenerationTimeout,
@@ -29,15 +32,18 @@ __all__ = [
     "ChatRequest",
     "ChatTurn",
     "ContextOverflow",
+    "ErrorKind",
     "GenerateJob",
     "GenerateResult",
     "GenerationTimeout",
+    "JobState",
     "Keys",
     "ModelMissing",
     "OllamaClient",
     "OllamaError",
     "ServerBusy",
     "ServerError",
+    "ServerRecord",
     "ServerUnavailable",
     "WorkerSettings",
     "__version__",

@@ -1,4 +1,5 @@
-"""The Mac's Celery app: `celery -A workers worker -Q mac-1` finds `app` here.
+"""The Mac's Celery app: `celery -A workers worker -Q mac-1` finds `app` here, with the
+generate task and the heartbeat's bootstep registered.
 
 Settings are read from the environment when Celery first needs them, not at import.
 """
@@ -9,8 +10,8 @@ from typing import Any
 
 from celery import Celery, signals
 
+from workers.bootsteps import Heartbeat
 from workers.contract.celery_config import celery_config, quiet_task_trace
-from workers.heartbeat import Heartbeat
 from workers.settings import WorkerSettings
 from workers.tasks import register
 

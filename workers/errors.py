@@ -2,44 +2,48 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from workers.contract.protocol import ErrorKind
+
 
 class OllamaError(Exception):
     """A chat request that an Ollama server did not answer."""
 
-    kind = "ollama_error"
+    kind: ClassVar[ErrorKind] = ErrorKind.OLLAMA_ERROR
 
 
 class ServerUnavailable(OllamaError):
     """The server refused or did not accept the connection in time."""
 
-    kind = "unavailable"
+    kind: ClassVar[ErrorKind] = ErrorKind.UNAVAILABLE
 
 
 class ServerBusy(OllamaError):
     """HTTP 503: every parallel slot of the server is taken."""
 
-    kind = "busy"
+    kind: ClassVar[ErrorKind] = ErrorKind.BUSY
 
 
 class GenerationTimeout(OllamaError):
     """The server accepted the request but did not answer within the read allowance."""
 
-    kind = "timeout"
+    kind: ClassVar[ErrorKind] = ErrorKind.TIMEOUT
 
 
 class ContextOverflow(OllamaError):
     """HTTP 400 because the prompt does not fit the model's context."""
 
-    kind = "context_overflow"
+    kind: ClassVar[ErrorKind] = ErrorKind.CONTEXT_OVERFLOW
 
 
 class ModelMissing(OllamaError):
     """HTTP 404: the server does not have the model."""
 
-    kind = "model_missing"
+    kind: ClassVar[ErrorKind] = ErrorKind.MODEL_MISSING
 
 
 class ServerError(OllamaError):
     """Any other HTTP error, or an answer that is not Ollama's."""
 
-    kind = "server_error"
+    kind: ClassVar[ErrorKind] = ErrorKind.SERVER_ERROR

@@ -1,4 +1,5 @@
-"""What a running worker holds: its settings, its server id, its Ollama client and Redis."""
+"""What a running worker holds: its settings, its server id, its Ollama client, Redis and its
+steps on the ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from workers.backends.ollama import OllamaClient
+from workers.contract.attempts import AttemptLedger
 from workers.contract.keys import Keys
 from workers.settings import WorkerSettings
 
@@ -19,23 +21,26 @@ class WorkerRuntime:
     keys: Keys
     redis: redis.Redis
     ollama: OllamaClient
+    attempts: AttemptLedger
 
     @classmethod
     def build(cls, settings: WorkerSettings, server_id: str) -> WorkerRuntime:
         keys = Keys(settings.key_prefix)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            client_name=keys.worker_client(server_id),
+            decode_responses=True,
+            health_check_interval=30,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            retry_on_timeout=True,
+        )
         return cls(
             settings=settings,
             server_id=server_id,
             keys=keys,
-            redis=redis.Redis.from_url(
-                settings.redis_url,
-                client_name=keys.worker_client(server_id),
-                decode_responses=True,
-                health_check_interval=30,
-                socket_timeout=10,
-                socket_connect_timeout=5,
-                retry_on_timeout=True,
-            ),
+            redis=client,
+            attempts=AttemptLedger(client, keys),
             ollama=OllamaClient(
                 settings.ollama_url,
                 connect_timeout=settings.connect_timeout_s,

@@ -3,28 +3,8 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.contract.keys import DEFAULT_PREFIX
-
-ENV_PREFIX = "OLLAMA_CLOUD_"
-
-
-class CelerySettings(BaseSettings):
-    """What every Celery process of the system shares: the broker and the delivery guarantees."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
-
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        description="Redis for the Celery broker and the shared state; redis:// or rediss://",
-    )
-    key_prefix: str = Field(default=DEFAULT_PREFIX, description="Prefix of every Redis key")
-    visibility_timeout_s: int = Field(
-        default=3600,
-        ge=60,
-        description="Seconds before an unacked task is redelivered; longer than any generation",
-    )
+from workers.contract.settings import CelerySettings
 
 
 class WorkerSettings(CelerySettings):

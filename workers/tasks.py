@@ -14,6 +14,7 @@ from workers.contract.protocol import (
     GENERATE_TASK,
     ChatOutcome,
     ChatRequest,
+    ErrorKind,
     GenerateJob,
     GenerateResult,
 )
@@ -22,53 +23,24 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-# Keep the result in the job's ledger entry while the attempt is still current, so that a
-# control worker lost before delivering it does not lose it: the sweep delivers it again.
-STORE_RESULT = """
-local attempt, state = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state'))
-if attempt ~= ARGV[1] or state ~= 'dispatched' then return 0 end
-redis.call('HSET', KEYS[1], 'result', ARGV[2], 'result_at', ARGV[3])
-return 1
-"""
-
 
 def keep_result(rt: WorkerRuntime, result: GenerateResult) -> None:
     try:
-        rt.redis.eval(
-            STORE_RESULT,
-            1,
-            rt.keys.job(result.job_id),
-            result.attempt,
-            result.model_dump_json(),
-            f"{result.finished_at:.3f}",
-        )
+        rt.attempts.keep_result(result)
     except redis.RedisError as exc:
         # The result still travels to delivery through Celery.
         log.warning("job=%s server=%s result not kept: %s", result.job_id, rt.server_id, exc)
-
-
-# Begin an attempt only if it is still the ledger's current one, and note that it began: the
-# sweep re-dispatches an attempt that never began (its task lost before a worker took it).
-BEGIN_ATTEMPT = """
-local attempt, state = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state'))
-if attempt ~= ARGV[1] or state ~= 'dispatched' then return 0 end
-redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
-return 1
-"""
 
 
 def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
     """True when the ledger has moved on: a later attempt, or the job already finished.
     Otherwise the attempt is marked as begun."""
     try:
-        current = rt.redis.eval(
-            BEGIN_ATTEMPT, 1, rt.keys.job(job.job_id), job.attempt, f"{time.time():.3f}"
-        )
+        return not rt.attempts.begin(job.job_id, job.attempt, time.time())
     except redis.RedisError as exc:
         # Without the ledger we cannot tell; running it is safe since delivery checks again.
         log.warning("job=%s server=%s ledger unreadable: %s", job.job_id, rt.server_id, exc)
         return False
-    return not current
 
 
 def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcome:
@@ -79,7 +51,7 @@ def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcom
         return ChatOutcome(ok=False, error_kind=exc.kind, error=str(exc))
     except Exception as exc:  # a worker task must always hand a result to delivery
         log.exception("job=%s server=%s unexpected error", job_id, rt.server_id)
-        return ChatOutcome(ok=False, error_kind="worker_error", error=repr(exc)[:500])
+        return ChatOutcome(ok=False, error_kind=ErrorKind.WORKER_ERROR, error=repr(exc)[:500])
 
 
 def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +66,7 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
             job_id=job.job_id,
             attempt=job.attempt,
             server_id=rt.server_id,
-            reply=ChatOutcome(ok=False, error_kind="stale"),
+            reply=ChatOutcome(ok=False, error_kind=ErrorKind.STALE),
             started_at=started_at,
             finished_at=time.time(),
             stale=True,

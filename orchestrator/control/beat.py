@@ -12,46 +12,29 @@ from typing import Any
 import redis
 from celery import beat
 
-from orchestrator.settings import load_settings
-from orchestrator.state.redis_codec import connect
-from workers.contract.keys import Keys
+from orchestrator.services import State
+from orchestrator.settings import Settings
+from workers.contract.scripts import register
 
 log = logging.getLogger(__name__)
 
 LOCK_TTL_S = 5.0  # renewed by every send (the sweep's is every second)
 
-# Hold the lock: renew it if it is ours, take it if it is free.
-HOLD = """
-local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not owner then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class LockedScheduler(beat.Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        settings = load_settings()
-        self._redis = connect(settings.redis_url)
-        self._key = Keys(settings.key_prefix).beat_process_lock
+        state = State.from_settings(Settings.load())
+        self._redis = state.redis
+        self._key = state.keys.beat_process_lock
+        self._hold = register(self._redis, "hold_lock")
+        self._release = register(self._redis, "release_lock")
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._holding: bool | None = None
         super().__init__(*args, **kwargs)
 
     def holds_lock(self) -> bool:
         try:
-            held = bool(self._redis.eval(HOLD, 1, self._key, self._owner, int(LOCK_TTL_S * 1000)))
+            held = bool(self._hold(keys=[self._key], args=[self._owner, int(LOCK_TTL_S * 1000)]))
         except redis.RedisError as exc:
             log.warning("beat: lock unreadable (%s): nothing sent", exc)
             return False
@@ -69,7 +52,7 @@ class LockedScheduler(beat.Scheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         try:
-            self._redis.eval(RELEASE, 1, self._key, self._owner)
+            self._release(keys=[self._key], args=[self._owner])
         except redis.RedisError as exc:
             log.warning("beat: lock not released (%s); it expires by itself", exc)
         self._redis.close()

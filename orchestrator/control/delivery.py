@@ -10,18 +10,17 @@ import logging
 import time
 from typing import Any
 
-import httpx
-
+from orchestrator.domain.job import Attempt, Job, Outcome
 from orchestrator.domain.messages import Message
 from orchestrator.domain.replies import build_reply, parse_eq_score, post_process
-from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueUnreachable
+from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueNotReached
 from orchestrator.services import Services
-from orchestrator.state.ledger import Attempt, Job, JobState, attempts_json
-from workers.contract.protocol import GenerateResult
+from workers.contract.job import JobState
+from workers.contract.protocol import ErrorKind, GenerateResult
 
 log = logging.getLogger(__name__)
 
-ONCE_GUARD_TTL_S = 7 * 86400
+PENDING = "pending:"  # an EQ guard's value while its PATCH is on its way
 
 
 def deliver(services: Services, payload: dict[str, Any]) -> str:
@@ -48,15 +47,15 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     entity = services.entities.get(job.entity or "")
     if entity is None:
         reason = f"entity {job.entity!r} vanished before delivery"
-        services.ledger.finish(job.id, JobState.REJECTED, reason=reason, outcome="rejected")
+        services.ledger.finish(job.id, JobState.REJECTED, reason=reason, outcome=Outcome.REJECTED)
         complete(services, job.id)
         return "rejected"
     text = post_process(result.reply.text, entity)
     if text is None:
-        outcome = "skipped"
+        outcome = Outcome.SKIPPED
         log.info("job=%s server=%s reply skipped by the entity's rules", job.id, result.server_id)
     else:
-        outcome = "answered"
+        outcome = Outcome.ANSWERED
         if start.reply_posted:
             log.info("job=%s reply already posted", job.id)
         else:
@@ -66,8 +65,8 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         apply_eq_once(services, job, parse_eq_score(result.eq.text), start.eq_guard)
     timings = result.reply.timings
     pipe = services.redis.pipeline(transaction=True)
-    if outcome == "answered":
-        pipe.set(services.keys.once_reply(job.id), 1, ex=ONCE_GUARD_TTL_S)
+    if outcome is Outcome.ANSWERED:
+        services.ledger.queue_reply_posted(pipe, job.id)
     services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
     services.fleet.queue_success(pipe, result.server_id)
     services.ledger.queue_finish(
@@ -75,7 +74,8 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         job.id,
         JobState.DONE,
         outcome=outcome,
-        extra={"started_at": result.started_at, "generated_at": result.finished_at},
+        started_at=result.started_at,
+        generated_at=result.finished_at,
     )
     pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
@@ -108,36 +108,34 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
     out the queue's timeout, then asks the site whether the score landed before sending it."""
     if score <= 0:
         return
-    key = services.keys.once_eq(job.id)
+    ledger = services.ledger
     now = time.time()
-    if guard is None and not services.redis.set(
-        key, f"pending:{now}", nx=True, ex=ONCE_GUARD_TTL_S
-    ):
-        guard = str(services.redis.get(key) or "")
+    if guard is None:
+        guard = ledger.claim_eq_guard(job.id, f"{PENDING}{now}")
     if guard is not None:
-        if not guard.startswith("pending:"):
+        if not guard.startswith(PENDING):
             log.info("job=%s EQ already applied", job.id)
             return
-        began = float(guard.partition(":")[2] or 0)
+        began = float(guard.removeprefix(PENDING) or 0)
         if now - began < 2 * services.settings.queue_timeout_s:
             raise EqInDoubt(f"job={job.id} EQ being applied since {now - began:.1f}s")
         landed = site_eq_score(services, job)
         if landed is None or landed > 0:
-            services.redis.set(key, "gone" if landed is None else landed, ex=ONCE_GUARD_TTL_S)
+            ledger.set_eq_guard(job.id, "gone" if landed is None else landed)
             log.info("job=%s EQ found on the site (%s): not applied again", job.id, landed)
             return
-        services.redis.set(key, f"pending:{now}", ex=ONCE_GUARD_TTL_S)
+        ledger.set_eq_guard(job.id, f"{PENDING}{now}")
+    # On any error but these, the PATCH may have landed: the guard stays pending, and the
+    # task's retry asks the site.
     try:
         services.queue.patch_eq(job.id, score)
     except MessageGone:
         log.warning("job=%s gone from the site queue before EQ", job.id)
-    except QueueUnreachable as exc:
-        if isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
-            # Nothing reached the queue: lift the guard so the task's retry may apply it.
-            services.redis.delete(key)
-        # Otherwise it may have landed: the guard stays pending, and the retry asks the site.
+    except QueueNotReached:
+        # Nothing reached the queue: lift the guard so the task's retry may apply it.
+        ledger.lift_eq_guard(job.id)
         raise
-    services.redis.set(key, score, ex=ONCE_GUARD_TTL_S)
+    ledger.set_eq_guard(job.id, score)
     log.info("job=%s EQ %d applied", job.id, score)
 
 
@@ -152,30 +150,24 @@ def site_eq_score(services: Services, job: Job) -> float | None:
     return None
 
 
-# Failures that say something about the server: it cools down before it is tried again.
-SERVER_FAULTS = frozenset(
-    {"unavailable", "busy", "timeout", "server_error", "worker_error", "ollama_error"}
-)
-
-
 def fail(services: Services, job: Job, result: GenerateResult) -> str:
     """A generation that failed: try another server after a short backoff, or give up."""
     error = result.reply
-    kind = error.error_kind or "ollama_error"
+    kind = error.error_kind or ErrorKind.OLLAMA_ERROR
     failed = Attempt(
         attempt=result.attempt, server_id=result.server_id, error_kind=kind, error=error.error
     )
     settings = services.settings
-    if kind in SERVER_FAULTS:
+    if kind.server_fault:
         cooldown = services.fleet.record_failure(
             result.server_id, settings.cooldown_s, settings.cooldown_max_s
         )
         log.warning("server=%s cools down for %.1fs after %s", result.server_id, cooldown, kind)
-    after = job.model_copy(update={"attempts": [*job.attempts, failed]})
+    after = job.with_attempt(failed)
     now = time.time()
     trim = job.trim
     backoff = 0.0
-    if kind == "context_overflow":
+    if not kind.counts_against_attempts:
         if job.trim >= 1:
             reason = f"context too long even with the history cut: {after.history()}"
             return end_or_stale(services, after, reason, result.attempt)
@@ -194,7 +186,7 @@ def fail(services: Services, job: Job, result: GenerateResult) -> str:
         (JobState.DELIVERING,),
         at=now + backoff,
         failed=failed,
-        fields={"trim": trim},
+        trim=trim,
         attempt=result.attempt,
     )
     if not moved:
@@ -222,9 +214,7 @@ def give_up(
 ) -> bool:
     """No server could answer in time. Takes the job from the states `allowed` (once, whoever
     else tries), then ends it: the operator's apology if any, complete, dead letter."""
-    fields: dict[str, Any] = {"state": JobState.ENDING.value, "reason": reason[:2000]}
-    fields["attempts"] = attempts_json(job.attempts)
-    if not services.ledger.transition(job.id, allowed, fields, attempt=attempt):
+    if not services.ledger.begin_ending(job, reason, allowed, attempt=attempt):
         return False
     end(services, job, reason)
     return True
@@ -236,12 +226,12 @@ def end(services: Services, job: Job, reason: str) -> None:
     apology = services.settings.apology_text
     problems = []
     try:
-        if apology and not services.redis.exists(services.keys.once_reply(job.id)):
+        if apology and not services.ledger.reply_posted(job.id):
             message = Message.model_validate(job.message)
             entity = services.entities.get(job.entity or "")
             if entity is not None:
                 post_reply(services, job, build_reply(entity, message, apology).wire())
-                services.redis.hset(services.keys.job(job.id), "apology_posted", "1")
+                services.ledger.note_apology(job.id)
         complete(services, job.id)
     except QueueError as exc:
         problems.append(f"the site queue failed while ending it: {exc}")
@@ -250,4 +240,4 @@ def end(services: Services, job: Job, reason: str) -> None:
         problems.append(f"error while ending it: {exc!r}")
         log.exception("job=%s could not be ended cleanly", job.id)
     full_reason = "; ".join([reason, *problems])
-    services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome="dead")
+    services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome=Outcome.DEAD)

@@ -35,13 +35,12 @@ class BotParams(BaseModel):
         return self.priority or DEFAULT_PRIORITY
 
 
-class Message(BaseModel):
-    """One message of the site queue. Field names follow the wire (camelCase, `message-type`)."""
+class MessageFields(BaseModel):
+    """What every message of the site queue carries. Field names follow the wire (camelCase,
+    `message-type`); fields the site adds are kept."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    timestamp: int
     text: str
     username: str
     color: str = ""
@@ -57,25 +56,18 @@ class Message(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class NewMessage(BaseModel):
-    """A message as posted: the queue fills in `id` and `timestamp` when they are missing."""
+class Message(MessageFields):
+    """One message as the site queue holds it: with its id and timestamp."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    timestamp: int
+
+
+class NewMessage(MessageFields):
+    """A message as posted: the queue fills in `id` and `timestamp` when they are missing."""
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
     timestamp: int | None = None
-    text: str
-    username: str
-    color: str = ""
-    domain: str = DEFAULT_DOMAIN
-    message_type: Literal["human", "AI"] = Field(default="human", alias="message-type")
-    reply_to: str | None = Field(default=None, alias="replyTo")
-    context: list[str] | None = None
-    eq_score: float = Field(default=0, alias="eqScore")
-    bot_params: BotParams | None = Field(default=None, alias="botParams")
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def reply_id_for(human_message_id: str) -> str:

@@ -6,6 +6,9 @@ server's measured speed for that model. Servers that would finish it about as so
 apart by the job's region, then priority, then at random. When the soonest server is full the
 job waits for it rather than take a slower free slot: a server is never sent more than its
 capacity.
+
+The bridge asks a `RoutingPolicy`; `SoonestFinish` is the router, `RandomChoice` and
+`LeastInflight` (blind to capacity and speed, as the old bot was) exist to compare against.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import random
 import statistics
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
-from orchestrator.state.fleet import ServerView
+from orchestrator.domain.servers import ServerView
 
 # Finish times within this share (or this many seconds) of the soonest count as equally soon.
 EQUAL_SHARE = 0.05
@@ -220,33 +224,123 @@ def choose_server(
     return planner.place(model, tokens=tokens, region=region, exclude=exclude)
 
 
-def choose_random(
-    servers: Iterable[ServerView],
-    model: str,
-    *,
-    exclude: Collection[str] = (),
-    rng: random.Random | None = None,
-) -> Decision:
-    """The old bot's way, for comparison: any online server with the model, full or not (a
-    full Ollama queues the request)."""
-    able = [server for server in able_servers(servers, model) if server.id not in exclude]
-    if not able:
-        return Decision(None, f"no online server has model {model}")
-    pick = (rng or random.Random()).choice(able)
-    return Decision(pick, f"{pick.id} at random of {len(able)}")
+# Policies ---------------------------------------------------------------------------------------
 
 
-def choose_least_inflight(
-    servers: Iterable[ServerView],
-    model: str,
-    *,
-    exclude: Collection[str] = (),
-    rng: random.Random | None = None,
-) -> Decision:
-    """For comparison: the server with the fewest jobs in flight, blind to capacity and speed."""
-    able = [server for server in able_servers(servers, model) if server.id not in exclude]
-    if not able:
-        return Decision(None, f"no online server has model {model}")
-    chooser = rng or random.Random()
-    pick = min(able, key=lambda server: (server.inflight, chooser.random()))
-    return Decision(pick, f"{pick.id} with {pick.inflight} in flight")
+class RoutingPolicy:
+    """Where each job goes. The bridge tells a policy of each new snapshot of the fleet, then
+    asks it for one job after another; a policy is a subclass, its hooks do nothing unless
+    it needs them."""
+
+    name: ClassVar[str]
+    # Whether the bridge holds a job back while the chosen server has no free slot, and claims
+    # from the site only while a slot is free. The comparison policies overfill, as the old bot.
+    respects_capacity: ClassVar[bool] = True
+
+    def __init__(self, defaults: SpeedDefaults = SpeedDefaults(), rng: random.Random | None = None):
+        self.defaults = defaults
+        self.rng = rng or random.Random()
+
+    def on_fleet(self, servers: list[ServerView]) -> None:
+        """A new snapshot of the fleet: whatever was planned on the last one is forgotten."""
+
+    def choose(
+        self,
+        servers: list[ServerView],
+        model: str,
+        *,
+        tokens: int,
+        region: str = "",
+        exclude: Collection[str] = (),
+        backlog: int = 0,
+    ) -> Decision:
+        """Where this job goes now, or why it waits (or cannot be placed). `backlog` is how
+        many jobs are known to wait behind it (in the bridge and on the site)."""
+        raise NotImplementedError
+
+
+class SoonestFinish(RoutingPolicy):
+    """Each job where it will be finished soonest, given the jobs placed before it on the
+    same snapshot (see Planner)."""
+
+    name = "soonest"
+
+    def __init__(self, defaults: SpeedDefaults = SpeedDefaults(), rng: random.Random | None = None):
+        super().__init__(defaults, rng)
+        self._planner: Planner | None = None
+
+    def on_fleet(self, servers: list[ServerView]) -> None:
+        self._planner = Planner(servers, self.defaults, self.rng)
+
+    def choose(
+        self,
+        servers: list[ServerView],
+        model: str,
+        *,
+        tokens: int,
+        region: str = "",
+        exclude: Collection[str] = (),
+        backlog: int = 0,
+    ) -> Decision:
+        if self._planner is None:
+            self.on_fleet(servers)
+        assert self._planner is not None
+        self._planner.backlog = backlog
+        return self._planner.place(model, tokens=tokens, region=region, exclude=exclude)
+
+
+class CapacityBlind(RoutingPolicy):
+    """The old bot's kind of choice, for comparison: any usable server with the model, full or
+    not (a full Ollama queues the request); subclasses say which."""
+
+    respects_capacity = False
+
+    def choose(
+        self,
+        servers: list[ServerView],
+        model: str,
+        *,
+        tokens: int,
+        region: str = "",
+        exclude: Collection[str] = (),
+        backlog: int = 0,
+    ) -> Decision:
+        able = [server for server in able_servers(servers, model) if server.id not in exclude]
+        if not able:
+            return Decision(None, f"no online server has model {model}")
+        return self.pick(able)
+
+    def pick(self, able: list[ServerView]) -> Decision:
+        raise NotImplementedError
+
+
+class RandomChoice(CapacityBlind):
+    name = "random"
+
+    def pick(self, able: list[ServerView]) -> Decision:
+        chosen = self.rng.choice(able)
+        return Decision(chosen, f"{chosen.id} at random of {len(able)}")
+
+
+class LeastInflight(CapacityBlind):
+    """The server with the fewest jobs in flight, blind to capacity and speed."""
+
+    name = "least_inflight"
+
+    def pick(self, able: list[ServerView]) -> Decision:
+        chosen = min(able, key=lambda server: (server.inflight, self.rng.random()))
+        return Decision(chosen, f"{chosen.id} with {chosen.inflight} in flight")
+
+
+POLICIES: dict[str, type[RoutingPolicy]] = {
+    policy.name: policy for policy in (SoonestFinish, RandomChoice, LeastInflight)
+}
+
+
+def policy_named(
+    name: str, defaults: SpeedDefaults = SpeedDefaults(), rng: random.Random | None = None
+) -> RoutingPolicy:
+    try:
+        return POLICIES[name](defaults, rng)
+    except KeyError:
+        raise ValueError(f"no routing policy {name!r}: one of {', '.join(POLICIES)}") from None

@@ -8,25 +8,23 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.domain.job import Job, Outcome
 from orchestrator.errors import JobRefused, MessageGone, QueueError
-from orchestrator.ops.status import age
+from orchestrator.ops.durations import ago, span
+from orchestrator.services import State, site_queue_client
 from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
-from orchestrator.state.ledger import Job, JobState, Ledger, job_from_hash
-from orchestrator.state.redis_codec import connect
-from workers.contract.keys import Keys
+from orchestrator.state.ledger import Ledger
+from workers.contract.job import JobState
 
 DROP_REASON = "dropped by the operator"
-DROP_OUTCOME = "dropped"  # its own counter, so status tells drops from the bridge's rejections
+DROP_OUTCOME = Outcome.DROPPED  # its own counter: status tells drops from rejections
 TEXT_CHARS = 200
 ERROR_CHARS = 80
-# Every state but a reply or a rejection: a dead letter too may be dropped.
-DROPPABLE = tuple(state for state in JobState if state not in {JobState.DONE, JobState.REJECTED})
 
 
 # Reading ----------------------------------------------------------------------------------------
@@ -68,23 +66,12 @@ class JobsReport:
         }
 
 
-def last_error(job: Job) -> str | None:
-    if not job.attempts:
-        return None
-    entry = job.attempts[-1]
-    return f"{entry.error_kind}: {entry.error or ''}".strip()
-
-
 def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
     """The active jobs, soonest deadline first, and the dead letters, newest first: `limit` of
     each."""
-    keys = ledger.keys
-    pipe = ledger.redis.pipeline(transaction=False)
-    pipe.zrange(keys.active_jobs, 0, limit - 1)
-    pipe.lrange(keys.dead_letters, 0, limit - 1)
-    pipe.zcard(keys.active_jobs)
-    pipe.llen(keys.dead_letters)
-    active_ids, dead_ids, active_total, dead_total = pipe.execute()
+    active_ids = ledger.active_job_ids(limit)
+    dead_ids = ledger.dead_job_ids(limit)
+    active_total, dead_total = ledger.totals()
     now = time.time()
     active = [
         ActiveRow(
@@ -95,7 +82,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
             entity=job.entity,
             age_s=round(max(0.0, now - job.claimed_at), 3),
             deadline_in_s=round(job.deadline - now, 3),
-            last_error=last_error(job),
+            last_error=job.last_error,
         )
         for job in ledger.get_many(active_ids)
     ]
@@ -106,71 +93,14 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
             finished_at=job.finished_at,
             reason=job.reason,
             apology_posted=job.apology_posted,
-            attempts=[entry.model_dump() for entry in job.attempts],
+            attempts=[entry.model_dump(mode="json") for entry in job.attempts],
         )
         for job in ledger.get_many(dead_ids)
     ]
-    return JobsReport(active, dead, int(active_total), int(dead_total))
+    return JobsReport(active, dead, active_total, dead_total)
 
 
 # Acting -----------------------------------------------------------------------------------------
-
-
-def unknown(job_id: str) -> JobRefused:
-    return JobRefused(f"no job {job_id!r} in the ledger")
-
-
-def retry_dead(ledger: Ledger, job_id: str, deadline_s: float) -> Job:
-    """Place a dead letter again, on any server, with its failures so far forgiven and a new
-    deadline. Refused unless the job is dead and no apology took its reply's place."""
-    job = dead_letter(job_id, ledger.get(job_id))
-    keys = ledger.keys
-    now = time.time()
-    deadline = round(now + deadline_s, 3)
-
-    def reindex(pipe: redis.client.Pipeline) -> None:
-        # Watched: applied only while the job is still this dead letter, so a concurrent drop
-        # (which moves it out of `dead` first) never finds it back in the active set.
-        dead_letter(job_id, ledger_job(pipe, keys, job_id))
-        pipe.multi()
-        pipe.zadd(keys.active_jobs, {job_id: deadline})
-        pipe.zrem(keys.finished_jobs, job_id)
-        pipe.lrem(keys.dead_letters, 0, job_id)
-        pipe.hdel(keys.job(job_id), "finished_at", "outcome")
-
-    ledger.redis.transaction(reindex, keys.job(job_id))
-    fields = {
-        "state": JobState.RETRYING.value,
-        "bridge_id": "",
-        "attempts_from": len(job.attempts),
-        "deadline": deadline,
-        "reason": "",
-    }
-    if not ledger.transition(job_id, (JobState.DEAD,), fields, retry_at=now):
-        raise JobRefused(f"job {job_id!r} was changed by someone else meanwhile: look again")
-    return ledger.get(job_id) or job
-
-
-def ledger_job(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> Job | None:
-    """The job as a watching pipeline reads it (before `multi`, commands run at once)."""
-    fields: dict[str, str] = pipe.hgetall(keys.job(job_id))  # type: ignore[assignment]
-    return job_from_hash(fields) if fields and "state" in fields else None
-
-
-def dead_letter(job_id: str, job: Job | None) -> Job:
-    """The job, if it may be retried; else the reason why not."""
-    if job is None:
-        raise unknown(job_id)
-    if job.state is not JobState.DEAD:
-        raise JobRefused(
-            f"job {job_id!r} is {job.state.value}, not dead: only a dead letter can be retried"
-        )
-    if job.apology_posted:
-        raise JobRefused(
-            f"job {job_id!r} cannot be retried: an apology was posted as its reply, "
-            "so the site would refuse an answer"
-        )
-    return job
 
 
 @dataclass(frozen=True)
@@ -184,22 +114,7 @@ def drop_job(ledger: Ledger, queue: SiteQueueClient, job_id: str) -> Dropped:
     """End an active or dead job without a reply: its slot freed, out of the retry set and the
     dead letters, rejected in the ledger, completed on the site. Refused for unknown or already
     answered or rejected jobs. A site queue error is reported, the drop stands."""
-    job = ledger.get(job_id)
-    if job is None:
-        raise unknown(job_id)
-    if job.state not in DROPPABLE:
-        raise JobRefused(f"job {job_id!r} has already ended ({job.state.value}): nothing to drop")
-    # Out of its state first, in one guarded step: a dispatched job's slot is freed, and no
-    # delivery, sweep or bridge acts on it after this.
-    moved = ledger.transition(
-        job_id, DROPPABLE, {"state": JobState.ENDING.value, "reason": DROP_REASON}
-    )
-    if not moved:
-        raise JobRefused(f"job {job_id!r} ended meanwhile: nothing to drop")
-    pipe = ledger.redis.pipeline(transaction=True)
-    ledger.queue_finish(pipe, job_id, JobState.REJECTED, reason=DROP_REASON, outcome=DROP_OUTCOME)
-    pipe.lrem(ledger.keys.dead_letters, 0, job_id)
-    pipe.execute()
+    job = ledger.drop(job_id, DROP_REASON, DROP_OUTCOME)
     try:
         queue.complete(job_id)
     except MessageGone:
@@ -210,15 +125,6 @@ def drop_job(ledger: Ledger, queue: SiteQueueClient, job_id: str) -> Dropped:
 
 
 # Showing ----------------------------------------------------------------------------------------
-
-
-def span(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def deadline_in(seconds: float) -> Text:
@@ -264,7 +170,7 @@ def jobs_tables(report: JobsReport) -> Group:
         dead.add_row(
             Text(entry.id),
             Text(entry.entity or "-"),
-            age(now - entry.finished_at) if entry.finished_at else "-",
+            ago(now - entry.finished_at) if entry.finished_at else "-",
             Text(shorten(entry.reason, 120)),
             Text("\n".join(attempt_line(item) for item in entry.attempts) or "none"),
         )
@@ -275,8 +181,8 @@ def jobs_tables(report: JobsReport) -> Group:
 def job_view(job: Job) -> Group:
     now = time.time()
 
-    def ago(stamp: float | None) -> str:
-        return age(now - stamp) if stamp else "-"
+    def since(stamp: float | None) -> str:
+        return ago(now - stamp) if stamp else "-"
 
     text = job.message.get("text")
     fields = Table(title=f"job {job.id}", title_justify="left", show_header=False)
@@ -291,10 +197,10 @@ def job_view(job: Job) -> Group:
         ("priority", str(job.priority)),
         ("from", str(job.message.get("username") or "-")),
         ("text", shorten(text if isinstance(text, str) else None, TEXT_CHARS)),
-        ("claimed", ago(job.claimed_at)),
-        ("dispatched", ago(job.dispatched_at)),
+        ("claimed", since(job.claimed_at)),
+        ("dispatched", since(job.dispatched_at)),
         ("deadline", "-" if job.state.finished else deadline_in(job.deadline - now)),
-        ("finished", ago(job.finished_at)),
+        ("finished", since(job.finished_at)),
         ("outcome", job.outcome or "-"),
         ("reason", job.reason or "-"),
         ("history cut", f"{job.trim} times"),
@@ -310,8 +216,8 @@ def job_view(job: Job) -> Group:
         attempts.add_row(
             str(entry.attempt),
             Text(entry.server_id),
-            Text(f"{entry.error_kind}: {entry.error or ''}".strip()),
-            ago(entry.at),
+            Text(entry.describe()),
+            since(entry.at),
             "forgiven" if index < job.attempts_from else "",
         )
     if not job.attempts:
@@ -322,8 +228,8 @@ def job_view(job: Job) -> Group:
 # The commands (the CLI parses flags and calls these) --------------------------------------------
 
 
-def open_ledger(settings: Settings) -> Ledger:
-    return Ledger(connect(settings.redis_url), Keys(settings.key_prefix))
+def open_state(settings: Settings) -> State:
+    return State.from_settings(settings)
 
 
 def refusal(message: str) -> int:
@@ -332,11 +238,11 @@ def refusal(message: str) -> int:
 
 
 def list_command(settings: Settings, *, limit: int, as_json: bool) -> int:
-    ledger = open_ledger(settings)
+    state = open_state(settings)
     try:
-        report = read_jobs(ledger, limit)
+        report = read_jobs(state.ledger, limit)
     finally:
-        ledger.redis.close()
+        state.close()
     if as_json:
         print(json.dumps(report.as_json()))
     else:
@@ -345,13 +251,13 @@ def list_command(settings: Settings, *, limit: int, as_json: bool) -> int:
 
 
 def show_command(settings: Settings, job_id: str, *, as_json: bool) -> int:
-    ledger = open_ledger(settings)
+    state = open_state(settings)
     try:
-        job = ledger.get(job_id)
+        job = state.ledger.get(job_id)
     finally:
-        ledger.redis.close()
+        state.close()
     if job is None:
-        return refusal(str(unknown(job_id)))
+        return refusal(f"no job {job_id!r} in the ledger")
     if as_json:
         print(json.dumps(job.model_dump(mode="json"), ensure_ascii=False))
     else:
@@ -360,13 +266,13 @@ def show_command(settings: Settings, job_id: str, *, as_json: bool) -> int:
 
 
 def retry_command(settings: Settings, job_id: str) -> int:
-    ledger = open_ledger(settings)
+    state = open_state(settings)
     try:
-        job = retry_dead(ledger, job_id, settings.job_deadline_s)
+        job = state.ledger.revive(job_id, settings.job_deadline_s)
     except JobRefused as exc:
         return refusal(str(exc))
     finally:
-        ledger.redis.close()
+        state.close()
     Console().print(
         Text(
             f"job {job.id} queued again for any bridge: attempt {job.attempt + 1} next, "
@@ -378,17 +284,15 @@ def retry_command(settings: Settings, job_id: str) -> int:
 
 
 def drop_command(settings: Settings, job_id: str) -> int:
-    ledger = open_ledger(settings)
-    queue = SiteQueueClient(
-        settings.queue_url, settings.queue_token_value(), timeout=settings.queue_timeout_s
-    )
+    state = open_state(settings)
+    queue = site_queue_client(settings)
     try:
-        dropped = drop_job(ledger, queue, job_id)
+        dropped = drop_job(state.ledger, queue, job_id)
     except JobRefused as exc:
         return refusal(str(exc))
     finally:
         queue.close()
-        ledger.redis.close()
+        state.close()
     was = dropped.job.state.value
     if dropped.site == "failed":
         Console(stderr=True).print(

@@ -6,13 +6,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis
 from rich.table import Table
 
-from orchestrator.state.fleet import Fleet
-from orchestrator.state.ledger import Ledger
-from orchestrator.state.redis_codec import text
-from workers.contract.keys import Keys
+from orchestrator.ops.durations import ago
+from orchestrator.services import State
 
 
 @dataclass(frozen=True)
@@ -57,23 +54,14 @@ class FleetStatus:
         }
 
 
-def read_status(client: redis.Redis, keys: Keys, lost_after_s: float = 3.0) -> FleetStatus:
+def read_status(state: State) -> FleetStatus:
     """The fleet, its queues and the ledger's counts, in a few round trips."""
-    servers = Fleet(client, keys, lost_after_s=lost_after_s).read()
+    servers = state.fleet.read()
     now = time.time()
-    pipe = client.pipeline(transaction=False)
-    for server in servers:
-        pipe.llen(server.id)  # the server's Celery queue
-        pipe.hgetall(keys.latency(server.id))
-        pipe.zscore(keys.last_seen, server.id)
-    pipe.zcard(keys.active_jobs)
-    pipe.llen(keys.dead_letters)
-    replies = pipe.execute()
+    reports = state.fleet.reports([server.id for server in servers])
     rows = []
-    for index, server in enumerate(servers):
-        queued, latencies, last_seen = replies[3 * index : 3 * index + 3]
-        averages = [float(value) for name, value in latencies.items() if text(name).endswith(":ms")]
-        last_beat = server.last_beat if server.online else last_seen
+    for server, report in zip(servers, reports, strict=True):
+        last_beat = server.last_beat if server.online else report.last_seen
         rows.append(
             ServerRow(
                 id=server.id,
@@ -83,8 +71,8 @@ def read_status(client: redis.Redis, keys: Keys, lost_after_s: float = 3.0) -> F
                 region=server.region,
                 inflight=server.inflight,
                 capacity=server.capacity,
-                queued=int(queued),
-                latency_ms=sum(averages) / len(averages) if averages else None,
+                queued=report.queued,
+                latency_ms=report.latency_ms,
                 loaded=sorted(server.loaded),
                 models=sorted(server.models),
                 last_beat_age_s=max(0.0, now - float(last_beat)) if last_beat else None,
@@ -92,22 +80,13 @@ def read_status(client: redis.Redis, keys: Keys, lost_after_s: float = 3.0) -> F
                 cooling_s=round(server.cooling_s, 1),
             )
         )
+    active_jobs, dead_letters = state.ledger.totals()
     return FleetStatus(
         servers=rows,
-        outcomes=Ledger(client, keys).counters(),
-        active_jobs=int(replies[-2]),
-        dead_letters=int(replies[-1]),
+        outcomes=state.ledger.counters(),
+        active_jobs=active_jobs,
+        dead_letters=dead_letters,
     )
-
-
-def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 90:
-        return f"{seconds:.0f}s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
 
 
 def status_table(status: FleetStatus) -> Table:
@@ -125,19 +104,19 @@ def status_table(status: FleetStatus) -> Table:
         table.add_column(column, no_wrap=column in {"", "server", "load"})
     for row in status.servers:
         if not row.online:
-            mark, beat = "[red]○[/red]", f"[red]OFFLINE {age(row.last_beat_age_s)}[/red]"
+            mark, beat = "[red]○[/red]", f"[red]OFFLINE {ago(row.last_beat_age_s)}[/red]"
         elif not row.healthy:
-            mark, beat = "[yellow]●[/yellow]", f"ollama down, {age(row.last_beat_age_s)}"
+            mark, beat = "[yellow]●[/yellow]", f"ollama down, {ago(row.last_beat_age_s)}"
         elif row.cooling_s > 0:
             mark = "[yellow]◐[/yellow]"
             beat = (
-                f"COOLING {row.cooling_s:.0f}s ({row.failures} failed), {age(row.last_beat_age_s)}"
+                f"COOLING {row.cooling_s:.0f}s ({row.failures} failed), {ago(row.last_beat_age_s)}"
             )
         elif row.failures:
             mark = "[yellow]◐[/yellow]"
-            beat = f"probing after {row.failures} failed, {age(row.last_beat_age_s)}"
+            beat = f"probing after {row.failures} failed, {ago(row.last_beat_age_s)}"
         else:
-            mark, beat = "[green]●[/green]", age(row.last_beat_age_s)
+            mark, beat = "[green]●[/green]", ago(row.last_beat_age_s)
         table.add_row(
             mark,
             row.id,

@@ -1,194 +1,40 @@
 """The job ledger in Redis: every claimed message, kept until it ends in a reply or a reason.
 
-A job moves through its states only by guarded steps (Lua scripts that check the state and the
-attempt they expect), so a delivery, the sweep, a second bridge and an operator can all act on
-the same job and each step still happens once.
+This is the only code of the orchestrator that reads or writes a job's keys (its hash, the
+indexes it sits in, its once-guards); the worker's two steps on a job are in
+`workers.contract.attempts`. Every change is a guarded step (a script that checks the state,
+attempt, server or bridge it expects), so a delivery, the sweep, a second bridge and an
+operator can all act on the same job and each step still happens once.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
+from enum import IntEnum
+from typing import Any, cast
 
 import redis
-from pydantic import BaseModel, Field
 
-from orchestrator.state.redis_codec import text, texts
+from orchestrator.domain.job import Attempt, Job, Outcome
+from orchestrator.errors import JobRefused
+from workers.contract.job import HELD_BY_BRIDGE, JobState, may_step
 from workers.contract.keys import Keys
+from workers.contract.scripts import pairs_to_dict, register
 
-log = logging.getLogger(__name__)
-
-
-class JobState(StrEnum):
-    CLAIMED = "claimed"  # in the ledger, not yet placed on a server
-    WAITING = "waiting"  # ready, held by its bridge until a slot frees
-    RETRYING = "retrying"  # to be placed again (failover, a lost server or bridge): any bridge
-    DISPATCHED = "dispatched"  # sent to a server's queue
-    DELIVERING = "delivering"  # its result is being posted
-    ENDING = "ending"  # given up: being completed on the site, then dead
-    DONE = "done"  # replied (or skipped by the entity's own rules) and completed
-    REJECTED = "rejected"  # bad message or entity, or dropped: completed without a reply
-    DEAD = "dead"  # every attempt failed: completed, in the dead letters
-
-    @property
-    def finished(self) -> bool:
-        return self in {JobState.DONE, JobState.REJECTED, JobState.DEAD}
+ONCE_GUARD_TTL_S = 7 * 86400
+REASON_CHARS = 2000
+ERROR_CHARS = 500
 
 
-FINISHED_STATES = frozenset(state.value for state in JobState if state.finished)
-# States in which a job is nobody's to run at this moment: the sweep may give it up.
-UNPLACED_STATES = (JobState.CLAIMED, JobState.WAITING, JobState.RETRYING)
+class Reservation(IntEnum):
+    """What came of asking for a slot for a job."""
 
-
-class Attempt(BaseModel):
-    attempt: int
-    server_id: str
-    error_kind: str | None = None
-    error: str | None = None
-    at: float = Field(default_factory=time.time)
-
-
-class Job(BaseModel):
-    """A ledger entry, as read back from its hash."""
-
-    id: str
-    state: JobState
-    message: dict[str, Any]
-    attempt: int = 0
-    server_id: str | None = None
-    bridge_id: str = ""
-    entity: str | None = None
-    model: str | None = None
-    priority: int = 5
-    claimed_at: float = 0.0
-    dispatched_at: float | None = None
-    finished_at: float | None = None
-    started_at: float | None = None  # the server began generating
-    generated_at: float | None = None  # the server finished generating
-    deadline: float = 0.0
-    reason: str | None = None
-    outcome: str | None = None
-    attempts: list[Attempt] = Field(default_factory=list)
-    trim: int = 0  # times the history was cut after a context overflow
-    attempts_from: int = 0  # failures before this index were forgiven by an operator's retry
-    result: str | None = None  # the generation's result, kept until it is delivered
-    result_at: float | None = None
-    delivering_at: float | None = None
-    apology_posted: bool = False
-
-    @property
-    def failures(self) -> list[Attempt]:
-        """Failed attempts that count against `max_attempts` (a context overflow does not)."""
-        return [
-            entry
-            for entry in self.attempts[self.attempts_from :]
-            if entry.error_kind != "context_overflow"
-        ]
-
-    @property
-    def servers_tried(self) -> list[str]:
-        return [entry.server_id for entry in self.failures]
-
-    def history(self) -> str:
-        """Every attempt's server and error, for a dead letter's reason."""
-        return "; ".join(
-            f"#{entry.attempt} {entry.server_id}: {entry.error_kind}: {entry.error or ''}".strip()
-            for entry in self.attempts
-        )
-
-
-def job_from_hash(fields: dict[str, str]) -> Job:
-    raw: dict[str, Any] = dict(fields)
-    raw["message"] = json.loads(fields.get("message") or "{}")
-    raw["attempts"] = json.loads(fields.get("attempts") or "[]")
-    raw["apology_posted"] = fields.get("apology_posted") == "1"
-    return Job.model_validate(raw)
-
-
-def flatten(fields: dict[str, Any]) -> list[str]:
-    return [str(item) for pair in fields.items() for item in pair]
-
-
-# Check the result is for the ledger's current attempt and free its slot, in one step; a current
-# one moves the job to `delivering`. Returns {verdict, job fields, reply posted?, EQ applied?};
-# verdict 0 unknown, 1 stale, 2 current.
-BEGIN_DELIVERY = """
-local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then return {0} end
-local attempt, state, server = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state', 'server_id'))
--- A delivery that was interrupted may begin again: delivering is idempotent.
-local current = attempt == ARGV[2] and server == ARGV[3]
-  and (state == 'dispatched' or state == 'delivering')
--- A stale result frees its slot only when the job holds none there any more.
-if current or server ~= ARGV[3] or state ~= 'dispatched' then
-  if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
-    redis.call('PUBLISH', ARGV[4], 'free:' .. ARGV[3])
-  end
-end
-if not current then return {1, fields} end
--- Each delivery (again) stamps its start, so the sweep leaves a delivery in progress alone.
-redis.call('HSET', KEYS[1], 'state', 'delivering', 'delivering_at', ARGV[5])
-return {2, fields, redis.call('EXISTS', KEYS[3]), redis.call('GET', KEYS[4])}
-"""
-
-# Move a job on from one of the states given, if its attempt (and server) are still the ones
-# expected. A job leaving `dispatched` gives its slot back. Optionally it is queued for any
-# bridge to place again.
-# KEYS: job, retry set. ARGV: job id, attempt ('' any), allowed states (comma separated),
-# server ('' any), inflight key prefix, event channel, retry due time ('' none), field pairs.
-TRANSITION = """
-local attempt, state, server = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state', 'server_id'))
-if not state then return 0 end
-if ARGV[2] ~= '' and attempt ~= ARGV[2] then return 0 end
-if not string.find(',' .. ARGV[3] .. ',', ',' .. state .. ',', 1, true) then return 0 end
-if ARGV[4] ~= '' and server ~= ARGV[4] then return 0 end
-if state == 'dispatched' and server then
-  if redis.call('SREM', ARGV[5] .. server, ARGV[1]) == 1 then
-    redis.call('PUBLISH', ARGV[6], 'free:' .. server)
-  end
-end
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
-  redis.call('PUBLISH', ARGV[6], 'retry:' .. ARGV[7])
-end
-return 1
-"""
-
-# End a job once: a repeated end (two deliveries of one result) changes and counts nothing.
-# KEYS: job, active, retry, finished, counters, dead letters.
-# ARGV: job id, now, counter name, dead (1/0), field pairs.
-FINISH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'done' or state == 'rejected' or state == 'dead' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('HDEL', KEYS[1], 'result')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
-if ARGV[4] == '1' then redis.call('LPUSH', KEYS[6], ARGV[1]) end
-return 1
-"""
-
-# Hand the due retries to one bridge: each job is taken by exactly one.
-# KEYS: retry set. ARGV: now, how many, job key prefix, bridge id.
-TAKE_RETRIES = """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
-  redis.call('ZREM', KEYS[1], id)
-  local key = ARGV[3] .. id
-  if redis.call('HGET', key, 'state') == 'retrying' then
-    redis.call('HSET', key, 'state', 'waiting', 'bridge_id', ARGV[4])
-    out[#out + 1] = redis.call('HGETALL', key)
-  end
-end
-return out
-"""
+    NOT_OURS = -1  # the job is no longer the asking bridge's to place (moved, given up)
+    FULL = 0  # the server has no free slot
+    TAKEN = 1  # the slot is the job's, and the job is dispatched there
 
 
 @dataclass(frozen=True)
@@ -199,24 +45,137 @@ class DeliveryStart:
     eq_guard: str | None = None  # the EQ once-guard's value: None, "pending:<time>", or done
 
 
-# Create the job and index it in one step, or not at all if it exists.
-RECORD_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 1
-"""
+@dataclass(frozen=True)
+class JobRow:
+    """The fields of an active job that the sweep judges it by."""
+
+    id: str
+    state: JobState
+    attempt: int
+    server_id: str
+    bridge_id: str
+    claimed_at: float
+    deadline: float
+    dispatched_at: float | None
+    started_at: float
+    result_at: float
+    delivering_at: float
+
+
+ROW_FIELDS = (
+    "state", "attempt", "server_id", "bridge_id", "claimed_at", "deadline", "dispatched_at",
+    "started_at", "result_at", "delivering_at",
+)  # fmt: skip
+
+
+def _row(job_id: str, values: list[str | None]) -> JobRow | None:
+    fields = dict(zip(ROW_FIELDS, values, strict=True))
+    if fields["state"] is None:
+        return None
+
+    def number(name: str) -> float:
+        return float(fields[name] or 0)
+
+    return JobRow(
+        id=job_id,
+        state=JobState(fields["state"]),
+        attempt=int(fields["attempt"] or 0),
+        server_id=fields["server_id"] or "",
+        bridge_id=fields["bridge_id"] or "",
+        claimed_at=number("claimed_at"),
+        deadline=number("deadline"),
+        dispatched_at=float(fields["dispatched_at"]) if fields["dispatched_at"] else None,
+        started_at=number("started_at"),
+        result_at=number("result_at"),
+        delivering_at=number("delivering_at"),
+    )
+
+
+def flatten(fields: dict[str, Any]) -> list[str]:
+    return [str(item) for pair in fields.items() for item in pair]
+
+
+def attempts_json(attempts: list[Attempt]) -> str:
+    return json.dumps([entry.model_dump(mode="json") for entry in attempts])
 
 
 class Ledger:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._record_claim = client.register_script(RECORD_CLAIM)
-        self._begin_delivery = client.register_script(BEGIN_DELIVERY)
-        self._transition = client.register_script(TRANSITION)
-        self._finish = client.register_script(FINISH)
-        self._take_retries = client.register_script(TAKE_RETRIES)
+        self._record_claim = register(client, "record_claim")
+        self._move = register(client, "move")
+        self._finish = register(client, "finish")
+        self._take_retries = register(client, "take_retries")
+        self._begin_delivery = register(client, "begin_delivery")
+        self._reserve = register(client, "reserve")
+        self._release_leaked = register(client, "release_leaked")
+        self._revive = register(client, "revive")
+        self._prune = register(client, "prune_finished")
+
+    # Reading ------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        fields: dict[str, str] = self.redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
+        if not fields or "state" not in fields:
+            return None
+        return Job.from_hash(fields)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [Job.from_hash(fields) for fields in pipe.execute() if fields and "state" in fields]
+
+    def states(self, job_ids: list[str]) -> list[JobState | None]:
+        """Each job's state, None for one the ledger does not hold."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.keys.job(job_id), "state")
+        return [JobState(state) if state else None for state in pipe.execute()]
+
+    def active_job_ids(self, limit: int | None = None) -> list[str]:
+        """Jobs not yet finished, soonest deadline first."""
+        end = -1 if limit is None else limit - 1
+        return list(self.redis.zrange(self.keys.active_jobs, 0, end))  # type: ignore[arg-type]
+
+    def dead_job_ids(self, limit: int = 1000) -> list[str]:
+        """Dead letters, newest first."""
+        return list(self.redis.lrange(self.keys.dead_letters, 0, limit - 1))  # type: ignore[arg-type]
+
+    def totals(self) -> tuple[int, int]:
+        """How many jobs are active, and how many are dead letters."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.active_jobs)
+        pipe.llen(self.keys.dead_letters)
+        active, dead = pipe.execute()
+        return int(active), int(dead)
+
+    def finished_count(self) -> int:
+        return int(self.redis.zcard(self.keys.finished_jobs))
+
+    def finished_since(self, since: float) -> list[tuple[str, float]]:
+        """Jobs finished at or after `since`, with when, oldest first."""
+        found = self.redis.zrangebyscore(self.keys.finished_jobs, since, "+inf", withscores=True)
+        return [(str(job_id), float(at)) for job_id, at in cast(list[tuple[str, float]], found)]
+
+    def held_by(self, bridge_id: str) -> list[Job]:
+        """The active jobs this bridge holds and has not yet dispatched."""
+        return [
+            job
+            for job in self.get_many(self.active_job_ids())
+            if job.bridge_id == bridge_id and job.state in HELD_BY_BRIDGE
+        ]
+
+    def counters(self) -> dict[str, int]:
+        raw: dict[str, str] = self.redis.hgetall(self.keys.counters)  # type: ignore[assignment]
+        return {name: int(value) for name, value in raw.items()}
+
+    def count(self, name: str) -> None:
+        """One more of an outcome that has no job to record it on (a message without an id)."""
+        self.redis.hincrby(self.keys.counters, name, 1)
+
+    # Claims -------------------------------------------------------------------------------
 
     def record_claim(
         self,
@@ -244,6 +203,113 @@ class Ledger:
         )
         return bool(created)
 
+    def recover_claim(self, job_id: str, message: dict[str, Any], deadline_s: float) -> bool:
+        """A claim the ledger missed (its bridge died before writing it): written, and queued
+        for any bridge to place. False if the ledger already holds it."""
+        if not self.record_claim(job_id, message, "", deadline_s, state=JobState.RETRYING):
+            return False
+        self._step(job_id, (JobState.RETRYING,), {}, retry_at=time.time())
+        return True
+
+    def mark_waiting(
+        self, job_id: str, bridge_id: str, *, entity: str, model: str, priority: int
+    ) -> bool:
+        """The job is ready and waits in its bridge for a slot. False if the bridge no longer
+        holds it (handed over or given up meanwhile)."""
+        fields = {
+            "state": JobState.WAITING.value,
+            "entity": entity,
+            "model": model,
+            "priority": priority,
+        }
+        return self._step(job_id, HELD_BY_BRIDGE, fields, bridge_id=bridge_id)
+
+    # Placing ------------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        job_id: str,
+        server_id: str,
+        capacity: int,
+        *,
+        attempt: int,
+        entity: str,
+        model: str,
+        priority: int,
+        bridge_id: str,
+    ) -> Reservation:
+        """Take one of the server's slots for the job and record it dispatched there, in one
+        step: never more than `capacity`, and only while `bridge_id` holds the job."""
+        dispatched = {
+            "state": JobState.DISPATCHED.value,
+            "attempt": str(attempt),
+            "server_id": server_id,
+            "dispatched_at": str(time.time()),
+            # Not begun, no result: what an earlier attempt noted must not hide a lost task or
+            # a lost server from the sweep.
+            "started_at": "0",
+            "result_at": "0",
+            "entity": entity,
+            "model": model,
+            "priority": str(priority),
+        }
+        taken = self._reserve(
+            keys=[self.keys.inflight(server_id), self.keys.job(job_id)],
+            args=[capacity, job_id, bridge_id, *flatten(dispatched)],
+        )
+        return Reservation(int(taken))
+
+    def undo_dispatch(self, job_id: str, attempt: int) -> bool:
+        """The task could not be sent: the job waits in its bridge again, its slot given back."""
+        fields = {"state": JobState.WAITING.value}
+        return self._step(job_id, (JobState.DISPATCHED,), fields, attempt=attempt)
+
+    def hand_back(self, job_id: str, bridge_id: str = "") -> bool:
+        """A job its bridge held (`bridge_id`, or whichever) goes to the retry set, for any
+        bridge to place: its bridge stopped, or stopped beating."""
+        fields = {"state": JobState.RETRYING.value, "bridge_id": ""}
+        return self._step(job_id, HELD_BY_BRIDGE, fields, bridge_id=bridge_id, retry_at=time.time())
+
+    def schedule_retry(
+        self,
+        job: Job,
+        allowed: tuple[JobState, ...],
+        *,
+        at: float,
+        failed: Attempt | None = None,
+        trim: int | None = None,
+        attempt: int | None = None,
+        server_id: str | None = None,
+    ) -> bool:
+        """Queue the job to be placed again at `at` by whichever bridge is free, recording the
+        failed attempt in its history (and how far its history is to be cut)."""
+        fields: dict[str, Any] = {"state": JobState.RETRYING.value, "bridge_id": ""}
+        if trim is not None:
+            fields["trim"] = trim
+        if failed is not None:
+            fields["attempts"] = attempts_json([*job.attempts, failed])
+            fields["last_error"] = failed.describe()[:ERROR_CHARS]
+        return self._step(
+            job.id, allowed, fields, attempt=attempt, server_id=server_id, retry_at=at
+        )
+
+    def take_retries(self, bridge_id: str, limit: int = 50) -> list[Job]:
+        """The retries due now, each now held (`waiting`) by this bridge alone."""
+        answer = self._take_retries(
+            keys=[self.keys.retry_jobs],
+            args=[f"{time.time():.3f}", limit, self.keys.job_prefix, bridge_id],
+        )
+        return [Job.from_hash(pairs_to_dict(flat)) for flat in answer]
+
+    def next_retry_at(self) -> float | None:
+        """When the soonest retry is due, if any is queued."""
+        upcoming = cast(
+            list[tuple[str, float]], self.redis.zrange(self.keys.retry_jobs, 0, 0, withscores=True)
+        )
+        return float(upcoming[0][1]) if upcoming else None
+
+    # Delivering ---------------------------------------------------------------------------
+
     def begin_delivery(self, job_id: str, attempt: int, server_id: str) -> DeliveryStart:
         """Is this result the job's current attempt? Its slot is freed either way, unless the
         job was sent to that same server again. A current one is now `delivering`."""
@@ -258,104 +324,68 @@ class Ledger:
         )
         if answer[0] == 0:
             return DeliveryStart(job=None, current=False)
-        pairs = texts(answer[1])
-        job = job_from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        job = Job.from_hash(pairs_to_dict(answer[1]))
         if answer[0] == 1:
             return DeliveryStart(job=job, current=False)
         guard = answer[3] if len(answer) > 3 and answer[3] else None
-        return DeliveryStart(
-            job, True, reply_posted=bool(answer[2]), eq_guard=text(guard) if guard else None
-        )
+        return DeliveryStart(job, True, reply_posted=bool(answer[2]), eq_guard=guard)
 
-    def transition(
-        self,
-        job_id: str,
-        allowed: tuple[JobState, ...],
-        fields: dict[str, Any],
-        *,
-        attempt: int | None = None,
-        server_id: str | None = None,
-        retry_at: float | None = None,
-    ) -> bool:
-        """Move the job on if it is still in one of `allowed` (at `attempt`, on `server_id`);
-        True if this call moved it. `retry_at` queues it for any bridge to place again."""
-        moved = self._transition(
-            keys=[self.keys.job(job_id), self.keys.retry_jobs],
-            args=[
-                job_id,
-                "" if attempt is None else attempt,
-                ",".join(state.value for state in allowed),
-                server_id or "",
-                self.keys.inflight(""),
-                self.keys.slot_events,
-                "" if retry_at is None else f"{retry_at:.3f}",
-                *flatten(fields),
-            ],
-        )
-        return bool(moved)
+    def reply_posted(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.keys.once_reply(job_id)))
 
-    def schedule_retry(
+    def queue_reply_posted(self, pipe: redis.client.Pipeline, job_id: str) -> None:
+        """Once-guard: the reply is on the site (added to a caller's pipeline)."""
+        pipe.set(self.keys.once_reply(job_id), 1, ex=ONCE_GUARD_TTL_S)
+
+    def claim_eq_guard(self, job_id: str, value: str) -> str | None:
+        """Set the EQ once-guard to `value` if nothing holds it; else what holds it."""
+        key = self.keys.once_eq(job_id)
+        if self.redis.set(key, value, nx=True, ex=ONCE_GUARD_TTL_S):
+            return None
+        return str(self.redis.get(key) or "")
+
+    def set_eq_guard(self, job_id: str, value: str | float) -> None:
+        self.redis.set(self.keys.once_eq(job_id), value, ex=ONCE_GUARD_TTL_S)
+
+    def lift_eq_guard(self, job_id: str) -> None:
+        self.redis.delete(self.keys.once_eq(job_id))
+
+    def note_redelivery(self, job_id: str, state: JobState) -> bool:
+        """Stamp a redelivery of the kept result, so the sweep waits a stall again before the
+        next: `result_at` while dispatched, `delivering_at` while delivering."""
+        stamp = "result_at" if state is JobState.DISPATCHED else "delivering_at"
+        return self._step(job_id, (state,), {stamp: f"{time.time():.3f}"})
+
+    # Ending -------------------------------------------------------------------------------
+
+    def begin_ending(
         self,
         job: Job,
+        reason: str,
         allowed: tuple[JobState, ...],
         *,
-        at: float,
-        failed: Attempt | None = None,
-        fields: dict[str, Any] | None = None,
         attempt: int | None = None,
-        server_id: str | None = None,
     ) -> bool:
-        """Queue the job to be placed again at `at` by whichever bridge is free, recording the
-        failed attempt in its history."""
-        extra: dict[str, Any] = {
-            "state": JobState.RETRYING.value,
-            "bridge_id": "",
-            **(fields or {}),
+        """Take the job from one of the states `allowed` (once, whoever else tries) to
+        `ending`, with its reason and attempts; ending it is then the caller's."""
+        fields = {
+            "state": JobState.ENDING.value,
+            "reason": reason[:REASON_CHARS],
+            "attempts": attempts_json(job.attempts),
         }
-        if failed is not None:
-            extra["attempts"] = attempts_json([*job.attempts, failed])
-            extra["last_error"] = f"{failed.error_kind}: {failed.error or ''}"[:500]
-        return self.transition(
-            job.id, allowed, extra, attempt=attempt, server_id=server_id, retry_at=at
-        )
+        return self._step(job.id, allowed, fields, attempt=attempt)
 
-    def take_retries(self, bridge_id: str, limit: int = 50) -> list[Job]:
-        """The retries due now, each now held (`waiting`) by this bridge alone."""
-        answer = self._take_retries(
-            keys=[self.keys.retry_jobs],
-            args=[f"{time.time():.3f}", limit, self.keys.job(""), bridge_id],
-        )
-        jobs = []
-        for flat in answer:
-            pairs = texts(flat)
-            jobs.append(job_from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True))))
-        return jobs
-
-    def get(self, job_id: str) -> Job | None:
-        fields: dict[str, str] = self.redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
-        if not fields or "state" not in fields:
-            return None
-        return job_from_hash(fields)
-
-    def get_many(self, job_ids: list[str]) -> list[Job]:
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(self.keys.job(job_id))
-        return [job_from_hash(fields) for fields in pipe.execute() if fields and "state" in fields]
-
-    def mark_ready(self, job_id: str, entity: str, model: str, priority: int) -> None:
-        self.redis.hset(
-            self.keys.job(job_id),
-            mapping={
-                "state": JobState.WAITING.value,
-                "entity": entity,
-                "model": model,
-                "priority": priority,
-            },
-        )
+    def note_apology(self, job_id: str) -> bool:
+        """The operator's apology was posted in the reply's place: the job cannot be retried."""
+        return self._step(job_id, (JobState.ENDING,), {"apology_posted": "1"})
 
     def finish(
-        self, job_id: str, state: JobState, *, reason: str | None = None, outcome: str | None = None
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        reason: str | None = None,
+        outcome: Outcome | None = None,
     ) -> bool:
         """End a job once: it leaves the active set; dead ones go to the dead letters too.
         False if it had already ended."""
@@ -370,14 +400,21 @@ class Ledger:
         state: JobState,
         *,
         reason: str | None = None,
-        outcome: str | None = None,
-        extra: dict[str, float] | None = None,
+        outcome: Outcome | None = None,
+        started_at: float | None = None,
+        generated_at: float | None = None,
     ) -> None:
-        """The `finish` script, added to a caller's pipeline to save round trips."""
+        """The `finish` step, added to a caller's pipeline to save round trips."""
+        if not state.finished:
+            raise ValueError(f"{state} is not a finished state")
         now = time.time()
-        fields: dict[str, Any] = {"state": state.value, "finished_at": now, **(extra or {})}
+        fields: dict[str, Any] = {"state": state.value, "finished_at": now}
+        if started_at is not None:
+            fields["started_at"] = started_at
+        if generated_at is not None:
+            fields["generated_at"] = generated_at
         if reason is not None:
-            fields["reason"] = reason[:2000]
+            fields["reason"] = reason[:REASON_CHARS]
         if outcome is not None:
             fields["outcome"] = outcome
         keys = self.keys
@@ -400,41 +437,169 @@ class Ledger:
             client=pipe,
         )
 
-    def active_job_ids(self) -> list[str]:
-        return list(self.redis.zrange(self.keys.active_jobs, 0, -1))  # type: ignore[arg-type]
+    # The sweep ----------------------------------------------------------------------------
 
-    def overdue_job_ids(self, now: float, limit: int = 200) -> list[str]:
-        """Active jobs past their deadline, oldest deadline first."""
-        return list(
-            self.redis.zrangebyscore(self.keys.active_jobs, "-inf", now, start=0, num=limit)  # type: ignore[arg-type]
-        )
-
-    def dead_job_ids(self, limit: int = 1000) -> list[str]:
-        return list(self.redis.lrange(self.keys.dead_letters, 0, limit - 1))  # type: ignore[arg-type]
-
-    def counters(self) -> dict[str, int]:
-        raw: dict[str, str] = self.redis.hgetall(self.keys.counters)  # type: ignore[assignment]
-        return {name: int(value) for name, value in raw.items()}
-
-    def prune_finished(self, older_than_s: float) -> int:
-        """Drop finished jobs past their retention (dead letters are kept)."""
-        cutoff = time.time() - older_than_s
-        old: list[str] = self.redis.zrangebyscore(
-            self.keys.finished_jobs, 0, cutoff, start=0, num=500
-        )  # type: ignore[assignment]
-        if not old:
-            return 0
-        dead = set(self.redis.lrange(self.keys.dead_letters, 0, -1))
+    def active_rows(self) -> list[tuple[str, JobRow | None]]:
+        """Every active job's id with what the sweep judges it by; None for an id whose job
+        is gone."""
+        ids = self.active_job_ids()
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in old:
-            if job_id not in dead:
-                pipe.delete(
-                    self.keys.job(job_id), self.keys.once_reply(job_id), self.keys.once_eq(job_id)
-                )
-            pipe.zrem(self.keys.finished_jobs, job_id)
+        for job_id in ids:
+            pipe.hmget(self.keys.job(job_id), ROW_FIELDS)
+        return [
+            (job_id, _row(job_id, values))
+            for job_id, values in zip(ids, pipe.execute(), strict=True)
+        ]
+
+    def forget(self, job_id: str) -> None:
+        """An active job whose hash is gone leaves the active set."""
+        self.redis.zrem(self.keys.active_jobs, job_id)
+
+    def release_leaked(self, server_id: str) -> list[str]:
+        """Free the server's slots held by jobs that no longer hold them; their ids."""
+        freed = self._release_leaked(
+            keys=[self.keys.inflight(server_id)],
+            args=[self.keys.job_prefix, server_id, self.keys.slot_events],
+        )
+        return list(freed)
+
+    def current_attempts(self, attempts: list[tuple[str, int]], server_id: str) -> list[bool]:
+        """For each (job, attempt): is it the job's current attempt, dispatched to that
+        server?"""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, _ in attempts:
+            pipe.hmget(self.keys.job(job_id), ["attempt", "state", "server_id"])
+        return [
+            current == str(attempt) and state == JobState.DISPATCHED and server == server_id
+            for (_, attempt), (current, state, server) in zip(attempts, pipe.execute(), strict=True)
+        ]
+
+    def prune_finished(self, older_than_s: float, limit: int = 500) -> int:
+        """Forget finished jobs past their retention (dead letters are kept)."""
+        keys = self.keys
+        pruned = self._prune(
+            keys=[keys.finished_jobs],
+            args=[
+                time.time() - older_than_s,
+                limit,
+                keys.job_prefix,
+                keys.once_reply_prefix,
+                keys.once_eq_prefix,
+            ],
+        )
+        return int(pruned)
+
+    # Bridges ------------------------------------------------------------------------------
+
+    def say_alive(self, bridge_id: str, ttl_s: float) -> None:
+        """While this key lives, the jobs the bridge holds are its own; when it expires the
+        sweep hands them to other bridges."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.bridge(bridge_id), f"{time.time():.3f}", px=int(ttl_s * 1000))
+        pipe.sadd(self.keys.bridges, bridge_id)
         pipe.execute()
-        return len(old)
 
+    def bridges_alive(self, bridge_ids: list[str]) -> list[bool]:
+        if not bridge_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for bridge_id in bridge_ids:
+            pipe.exists(self.keys.bridge(bridge_id))
+        return [bool(found) for found in pipe.execute()]
 
-def attempts_json(attempts: list[Attempt]) -> str:
-    return json.dumps([entry.model_dump() for entry in attempts])
+    def known_bridges(self) -> set[str]:
+        """Every bridge id ever seen: whose claims on the site are ours."""
+        return set(self.redis.smembers(self.keys.bridges))  # type: ignore[arg-type]
+
+    # An operator's levers -----------------------------------------------------------------
+
+    def revive(self, job_id: str, deadline_s: float) -> Job:
+        """Place a dead letter again, on any server, with its failures so far forgiven and a
+        new deadline. Refused unless the job is dead and no apology took its reply's place."""
+        now = time.time()
+        keys = self.keys
+        answer = int(
+            self._revive(
+                keys=[
+                    keys.job(job_id),
+                    keys.active_jobs,
+                    keys.finished_jobs,
+                    keys.dead_letters,
+                    keys.retry_jobs,
+                ],
+                args=[job_id, round(now + deadline_s, 3), f"{now:.3f}", keys.slot_events],
+            )
+        )
+        job = self.get(job_id)
+        if answer == 0 or job is None:
+            raise JobRefused(f"no job {job_id!r} in the ledger")
+        if answer == -1:
+            raise JobRefused(
+                f"job {job_id!r} is {job.state.value}, not dead: only a dead letter can be retried"
+            )
+        if answer == -2:
+            raise JobRefused(
+                f"job {job_id!r} cannot be retried: an apology was posted as its reply, "
+                "so the site would refuse an answer"
+            )
+        return job
+
+    def drop(self, job_id: str, reason: str, outcome: Outcome = Outcome.DROPPED) -> Job:
+        """End an active or dead job without a reply: its slot freed, out of the retry set
+        and the dead letters, rejected. Returns the job as it was. Refused for an unknown job
+        or one already answered or rejected."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobRefused(f"no job {job_id!r} in the ledger")
+        droppable = tuple(state for state in JobState if may_step(state, JobState.ENDING))
+        if job.state not in droppable:
+            raise JobRefused(
+                f"job {job_id!r} has already ended ({job.state.value}): nothing to drop"
+            )
+        # Out of its state first, in one guarded step: a dispatched job's slot is freed, and no
+        # delivery, sweep or bridge acts on it after this.
+        ending = {"state": JobState.ENDING.value, "reason": reason}
+        if not self._step(job_id, droppable, ending):
+            raise JobRefused(f"job {job_id!r} ended meanwhile: nothing to drop")
+        pipe = self.redis.pipeline(transaction=True)
+        self.queue_finish(pipe, job_id, JobState.REJECTED, reason=reason, outcome=outcome)
+        pipe.lrem(self.keys.dead_letters, 0, job_id)
+        pipe.execute()
+        return job
+
+    # The one guarded step -----------------------------------------------------------------
+
+    def _step(
+        self,
+        job_id: str,
+        allowed: tuple[JobState, ...],
+        fields: dict[str, Any],
+        *,
+        attempt: int | None = None,
+        server_id: str | None = None,
+        bridge_id: str = "",
+        retry_at: float | None = None,
+    ) -> bool:
+        """Move the job on if it is still in one of `allowed` (at `attempt`, on `server_id`,
+        held by `bridge_id`); True if this call moved it. `retry_at` queues it for any bridge
+        to place again."""
+        target = fields.get("state")
+        if target is not None:
+            wrong = [state for state in allowed if not may_step(state, JobState(target))]
+            if wrong:
+                raise ValueError(f"a job cannot go from {wrong} to {target}")
+        moved = self._move(
+            keys=[self.keys.job(job_id), self.keys.retry_jobs],
+            args=[
+                job_id,
+                "" if attempt is None else attempt,
+                ",".join(state.value for state in allowed),
+                server_id or "",
+                bridge_id,
+                self.keys.inflight_prefix,
+                self.keys.slot_events,
+                "" if retry_at is None else f"{retry_at:.3f}",
+                *flatten(fields),
+            ],
+        )
+        return bool(moved)

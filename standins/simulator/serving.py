@@ -9,10 +9,8 @@ import logging
 import threading
 from types import TracebackType
 
-import uvicorn
-
 from standins.embedded_redis import free_port
-from standins.http_server import serve_all, uvicorn_server
+from standins.http_server import PromptServer, serve_all, uvicorn_server
 from standins.simulator.server import SimulatedOllama
 from standins.simulator.spec import SimServerSpec
 from standins.waiting import wait_for
@@ -24,7 +22,7 @@ def _with_port(spec: SimServerSpec) -> SimServerSpec:
     return spec if spec.port else spec.model_copy(update={"port": free_port(spec.host)})
 
 
-def _servers(specs: list[SimServerSpec]) -> tuple[dict[str, SimulatedOllama], list[uvicorn.Server]]:
+def _servers(specs: list[SimServerSpec]) -> tuple[dict[str, SimulatedOllama], list[PromptServer]]:
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"simulated server names must be unique: {names}")
@@ -44,7 +42,7 @@ async def serve(specs: list[SimServerSpec]) -> None:
         await asyncio.shield(running)
     except asyncio.CancelledError:
         for server in servers:
-            server.should_exit = True
+            server.exit_soon()
         await running
         raise
 
@@ -78,7 +76,7 @@ class SimulatorFleet:
 
     def stop(self) -> None:
         for server in self._servers:
-            server.should_exit = True
+            server.exit_soon()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 

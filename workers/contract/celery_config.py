@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from workers.contract.broker import TRANSPORT
+from workers.contract.keys import Keys
 from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK
-from workers.settings import CelerySettings
+from workers.contract.settings import CelerySettings
 
 CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
@@ -39,7 +40,12 @@ def broker_ssl(redis_url: str) -> dict[str, Any] | None:
 
 
 def celery_config(settings: CelerySettings) -> dict[str, Any]:
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # Celery's queues and bookkeeping under the fleet's prefix: fleets sharing a Redis
+        # never take each other's work.
+        "global_keyprefix": Keys(settings.key_prefix).broker_prefix,
+    }
     tls = broker_ssl(settings.redis_url)
     return {
         **({"broker_use_ssl": tls} if tls else {}),

@@ -1,4 +1,6 @@
-"""Every Redis key of the system, built in one place (the table in the architecture page)."""
+"""Every Redis key of the system, built in one place (the table in the README), the broker's
+included: Celery's queues and bookkeeping sit under the same prefix, so several fleets can
+share one Redis without taking each other's work."""
 
 from __future__ import annotations
 
@@ -11,6 +13,17 @@ class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
 
+    # The broker: kombu puts this before every key and channel of Celery's.
+    @property
+    def broker_prefix(self) -> str:
+        """What kombu's `global_keyprefix` is set to: Celery's queues (one list per server,
+        `control`), its unacknowledged-task bookkeeping and its channels live under it."""
+        return f"{self.prefix}:broker:"
+
+    def broker_queue(self, queue: str) -> str:
+        """The list of tasks waiting in a Celery queue (a server's id, or `control`)."""
+        return f"{self.broker_prefix}{queue}"
+
     # Fleet: written by each worker's heartbeat.
     @property
     def servers(self) -> str:
@@ -19,7 +32,11 @@ class Keys:
 
     def server(self, server_id: str) -> str:
         """Hash with TTL: the server record."""
-        return f"{self.prefix}:server:{server_id}"
+        return f"{self.server_prefix}{server_id}"
+
+    @property
+    def server_prefix(self) -> str:
+        return f"{self.prefix}:server:"
 
     @property
     def last_seen(self) -> str:
@@ -33,11 +50,19 @@ class Keys:
 
     def inflight(self, server_id: str) -> str:
         """Set of job ids running on a server: a set, not a counter, so it cannot drift."""
-        return f"{self.prefix}:inflight:{server_id}"
+        return f"{self.inflight_prefix}{server_id}"
+
+    @property
+    def inflight_prefix(self) -> str:
+        return f"{self.prefix}:inflight:"
 
     def breaker(self, server_id: str) -> str:
         """Hash: a server's failures in a row and when its cooldown ends (circuit breaker)."""
-        return f"{self.prefix}:breaker:{server_id}"
+        return f"{self.breaker_prefix}{server_id}"
+
+    @property
+    def breaker_prefix(self) -> str:
+        return f"{self.prefix}:breaker:"
 
     @property
     def lost_servers(self) -> str:
@@ -47,12 +72,21 @@ class Keys:
 
     def latency(self, server_id: str) -> str:
         """Hash of per-model moving averages for a server (generation ms, tokens per second)."""
-        return f"{self.prefix}:latency:{server_id}"
+        return f"{self.latency_prefix}{server_id}"
+
+    @property
+    def latency_prefix(self) -> str:
+        return f"{self.prefix}:latency:"
 
     # Ledger: written by the bridge and control.
     def job(self, job_id: str) -> str:
         """Hash: the claimed message, its state, attempt, server and history."""
-        return f"{self.prefix}:job:{job_id}"
+        return f"{self.job_prefix}{job_id}"
+
+    @property
+    def job_prefix(self) -> str:
+        """What a job's id follows in its key, for scripts that walk many jobs."""
+        return f"{self.prefix}:job:"
 
     @property
     def active_jobs(self) -> str:
@@ -76,11 +110,19 @@ class Keys:
 
     def once_reply(self, job_id: str) -> str:
         """Once-guard: the reply to this message was posted."""
-        return f"{self.prefix}:once:reply:{job_id}"
+        return f"{self.once_reply_prefix}{job_id}"
+
+    @property
+    def once_reply_prefix(self) -> str:
+        return f"{self.prefix}:once:reply:"
 
     def once_eq(self, job_id: str) -> str:
-        """Once-guard: the EQ score of this message was applied."""
-        return f"{self.prefix}:once:eq:{job_id}"
+        """Once-guard: the EQ score of this message was applied (or is being applied)."""
+        return f"{self.once_eq_prefix}{job_id}"
+
+    @property
+    def once_eq_prefix(self) -> str:
+        return f"{self.prefix}:once:eq:"
 
     # Coordination.
     @property
@@ -98,7 +140,8 @@ class Keys:
         return f"{self.prefix}:bridges"
 
     @property
-    def beat_lock(self) -> str:
+    def sweep_lock(self) -> str:
+        """String with TTL: one sweep at a time, whatever the number of beats or controls."""
         return f"{self.prefix}:lock:beat"
 
     @property
@@ -108,6 +151,7 @@ class Keys:
 
     @property
     def recover_lock(self) -> str:
+        """String with TTL: one recovery pass at a time."""
         return f"{self.prefix}:lock:recover"
 
     @property

@@ -2,13 +2,61 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 GENERATE_TASK = "ollama_cloud.generate"
 DELIVER_TASK = "ollama_cloud.deliver"
+SWEEP_TASK = "ollama_cloud.sweep"
+RECOVER_TASK = "ollama_cloud.recover"
 CONTROL_QUEUE = "control"
+# Queues a worker may consume beside its server's own; never a server id.
+SYSTEM_QUEUES = frozenset({"celery", CONTROL_QUEUE})
+
+
+class ErrorKind(StrEnum):
+    """Why an attempt at a job failed: raised by a worker's backend, or found by control."""
+
+    # A model server did not answer a chat request.
+    UNAVAILABLE = "unavailable"  # refused, or did not accept the connection in time
+    BUSY = "busy"  # every slot taken (HTTP 503)
+    TIMEOUT = "timeout"  # accepted, but no answer within the read allowance
+    CONTEXT_OVERFLOW = "context_overflow"  # the prompt does not fit the model's context
+    MODEL_MISSING = "model_missing"  # the server does not have the model
+    SERVER_ERROR = "server_error"  # any other HTTP error, or an answer that is not the API's
+    OLLAMA_ERROR = "ollama_error"  # a server error of no finer kind
+    WORKER_ERROR = "worker_error"  # the worker itself failed while running the request
+    # The worker did not run it.
+    STALE = "stale"  # the ledger had moved on to another attempt or ended the job
+    # Found by the sweep: the attempt will never bring a result.
+    NOT_STARTED = "not_started"  # no worker began it in time (its task was lost)
+    WORKER_RESTARTED = "worker_restarted"  # its worker restarted while running it
+    SERVER_LOST = "server_lost"  # its server stopped beating, or its worker's process went
+
+    @property
+    def server_fault(self) -> bool:
+        """Says something about the server: it cools down before it is tried again."""
+        return self in SERVER_FAULTS
+
+    @property
+    def counts_against_attempts(self) -> bool:
+        """A context overflow is retried with less history, on any server, without counting
+        against `max_attempts`; every other failure counts."""
+        return self is not ErrorKind.CONTEXT_OVERFLOW
+
+
+SERVER_FAULTS = frozenset(
+    {
+        ErrorKind.UNAVAILABLE,
+        ErrorKind.BUSY,
+        ErrorKind.TIMEOUT,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.WORKER_ERROR,
+        ErrorKind.OLLAMA_ERROR,
+    }
+)
 
 
 class ChatTurn(BaseModel):
@@ -52,7 +100,7 @@ class ChatOutcome(BaseModel):
 
     ok: bool
     text: str = ""
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     error: str | None = None
     timings: ChatTimings = Field(default_factory=ChatTimings)
 

@@ -1,0 +1,232 @@
+"""Placement: the jobs ready to run, the routing policy that picks their servers, the slot each
+takes and the task that carries it. A job that cannot be placed yet waits here, by priority
+then age, and is placed the moment a slot frees."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+from celery import Celery
+
+from orchestrator.bridge.intake import ReadyJob, end_without_reply
+from orchestrator.domain.job import Outcome
+from orchestrator.domain.routing import Decision, RoutingPolicy, able_servers, hosting_servers
+from orchestrator.domain.servers import ServerView
+from orchestrator.services import Services
+from orchestrator.state.fleet import Fleet
+from orchestrator.state.ledger import Reservation
+from workers.contract.job import JobState
+from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, GenerateJob
+
+log = logging.getLogger(__name__)
+
+UNBOUNDED = 1_000_000  # the capacity a policy that overfills servers reserves against
+FLEET_RECORDS_MAX_AGE_S = 0.25
+RESERVE_TRIES = 3
+
+
+class FleetCache:
+    """The fleet for each step: records re-read a few times a second (they change with
+    heartbeats, and a server that stops or cools says so on the event channel), in-flight
+    counts every step."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._records: list[ServerView] | None = None
+        self._read_at = 0.0
+
+    def read(self) -> list[ServerView]:
+        now = time.monotonic()
+        if self._records is None or now - self._read_at > FLEET_RECORDS_MAX_AGE_S:
+            self._records = self.fleet.read()
+            self._read_at = now
+            return list(self._records)
+        return self.fleet.refresh_inflight(self._records)
+
+    def invalidate(self) -> None:
+        """A server's standing changed: read the records again next time."""
+        self._records = None
+
+
+class Placement:
+    def __init__(
+        self,
+        services: Services,
+        celery_app: Celery,
+        policy: RoutingPolicy,
+        fleet_cache: FleetCache,
+    ) -> None:
+        self.services = services
+        self.bridge_id = services.settings.bridge_id
+        self.celery = celery_app
+        self.policy = policy
+        self.fleet_cache = fleet_cache
+        self.waiting: list[ReadyJob] = []
+        self.site_backlog = 0  # messages the site queue still holds, as of the last claim
+        self._planned_for: list[ServerView] | None = None
+        self.entity_models = frozenset(
+            entity.model for entity in services.entities if entity.enabled
+        )
+
+    # Back-pressure ------------------------------------------------------------------------
+
+    def room_to_claim(self, fleet: list[ServerView]) -> bool:
+        """Whether a message claimed now could use a free slot: more slots are free than jobs
+        wait here, or one is free on a server that runs none of the waiting jobs' models (a
+        server for one model would idle behind jobs for another). Only slots that some
+        entity's model can use count, and never more jobs wait here than the fleet has slots.
+        A policy that overfills servers claims whenever it can."""
+        if not self.policy.respects_capacity:
+            return True
+        usable = [server for server in fleet if server.models & self.entity_models]
+        free_slots = sum(server.free_slots for server in usable)
+        if len(self.waiting) < free_slots:
+            return True
+        if not free_slots or len(self.waiting) >= sum(s.usable_capacity for s in usable):
+            return False
+        wanted = {ready.model for ready in self.waiting}
+        return any(server.free_slots and not server.models & wanted for server in usable)
+
+    # Waiting ------------------------------------------------------------------------------
+
+    def enqueue(self, ready: ReadyJob, fleet: list[ServerView]) -> None:
+        """Place the job now, or keep it waiting here; dead when no online server has its
+        model at all."""
+        if not hosting_servers(fleet, ready.model):
+            reason = f"no online server has model {ready.model}"
+            if ready.tried:
+                reason += f"; tried: {', '.join(ready.tried)}"
+            log.warning("job=%s dead: %s", ready.job_id, reason)
+            end_without_reply(self.services, ready.job_id, JobState.DEAD, reason, Outcome.DEAD)
+            return
+        if self.place(ready, fleet):
+            return
+        held = self.services.ledger.mark_waiting(
+            ready.job_id,
+            self.bridge_id,
+            entity=ready.entity,
+            model=ready.model,
+            priority=ready.priority,
+        )
+        if not held:
+            log.info("job=%s no longer this bridge's to place: dropped here", ready.job_id)
+            return
+        heapq.heappush(self.waiting, ready)
+        log.debug("job=%s waits for a slot for %s", ready.job_id, ready.model)
+
+    def place_waiting(self, fleet: list[ServerView]) -> bool:
+        """Place what waits, in order, where slots allow; True if any left."""
+        if not self.waiting:
+            return False
+        placed_any = False
+        still_waiting: list[ReadyJob] = []
+        now = time.time()
+        while self.waiting:
+            ready = heapq.heappop(self.waiting)
+            if ready.deadline < now:
+                # The sweep gives it up (it is past its deadline in the ledger too).
+                log.info("job=%s past its deadline while waiting: left to the sweep", ready.job_id)
+                placed_any = True
+                continue
+            if self.place(ready, fleet):
+                placed_any = True
+            else:
+                still_waiting.append(ready)
+        for ready in still_waiting:
+            heapq.heappush(self.waiting, ready)
+        return placed_any
+
+    def hand_back_waiting(self) -> int:
+        """Everything waiting here goes back for another bridge to place (a clean stop)."""
+        handed = 0
+        for ready in self.waiting:
+            handed += self.services.ledger.hand_back(ready.job_id, self.bridge_id)
+        self.waiting.clear()
+        return handed
+
+    # Placing ------------------------------------------------------------------------------
+
+    def place(self, ready: ReadyJob, fleet: list[ServerView]) -> bool:
+        """Reserve a slot on the chosen server and dispatch; False if no slot could be had
+        (True too when the job turned out not to be this bridge's any more)."""
+        for _ in range(RESERVE_TRIES):
+            decision = self.decide(ready, fleet)
+            server = decision.server
+            if server is None:
+                log.debug("job=%s %s", ready.job_id, decision.reason)
+                return False
+            attempt = ready.attempt + 1
+            capacity = server.usable_capacity if self.policy.respects_capacity else UNBOUNDED
+            reserved = self.services.ledger.reserve(
+                ready.job_id,
+                server.id,
+                capacity,
+                attempt=attempt,
+                entity=ready.entity,
+                model=ready.model,
+                priority=ready.priority,
+                bridge_id=self.bridge_id,
+            )
+            if reserved is Reservation.NOT_OURS:
+                # Given up by the sweep or handed to another bridge meanwhile.
+                log.info("job=%s no longer this bridge's to place: dropped here", ready.job_id)
+                return True
+            if reserved is Reservation.TAKEN:
+                log.debug("job=%s route to %s", ready.job_id, decision.reason)
+                index = next(i for i, known in enumerate(fleet) if known.id == server.id)
+                fleet[index] = fleet[index].with_inflight(fleet[index].inflight + 1)
+                return self.dispatch(ready, server.id, attempt)
+            # Another bridge took that slot between our read and our reserve: look again.
+            self.fleet_cache.invalidate()
+            fleet[:] = self.fleet_cache.read()
+            self._planned_for = None
+        return False
+
+    def decide(self, ready: ReadyJob, fleet: list[ServerView]) -> Decision:
+        # A retry goes to a server not yet tried while one is usable; when none is, a tried
+        # one may have it again once its cooldown ends.
+        exclude: tuple[str, ...] = ()
+        if ready.tried and any(
+            server.id not in ready.tried for server in able_servers(fleet, ready.model)
+        ):
+            exclude = ready.tried
+        if self._planned_for is not fleet:
+            # One plan per snapshot of the fleet: each job placed sees the ones placed before.
+            self.policy.on_fleet(fleet)
+            self._planned_for = fleet
+        return self.policy.choose(
+            fleet,
+            ready.model,
+            tokens=ready.expected_tokens,
+            region=ready.region,
+            exclude=exclude,
+            backlog=self.site_backlog + len(self.waiting),
+        )
+
+    def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
+        """Send the generate task; the ledger already says where it went."""
+        job = GenerateJob(
+            job_id=ready.job_id,
+            attempt=attempt,
+            server_id=server_id,
+            reply=ready.reply,
+            eq=ready.eq,
+            dispatched_at=time.time(),
+        )
+        try:
+            self.celery.send_task(
+                GENERATE_TASK,
+                args=[job.model_dump(mode="json")],
+                queue=server_id,
+                link=self.celery.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
+            )
+        except Exception as exc:  # the broker is Redis: when it is away, keep the job here
+            log.warning(
+                "job=%s server=%s dispatch failed (%s): waits", ready.job_id, server_id, exc
+            )
+            self.services.ledger.undo_dispatch(ready.job_id, attempt)
+            return False
+        log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
+        return True

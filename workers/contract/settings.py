@@ -1,0 +1,32 @@
+"""What every process of the system shares: the environment's prefix, Redis and the broker's
+delivery guarantees."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.contract.keys import DEFAULT_PREFIX
+
+ENV_PREFIX = "OLLAMA_CLOUD_"
+
+
+class CelerySettings(BaseSettings):
+    """The broker and the shared state, for the workers, the bridge and control alike."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for the Celery broker and the shared state; redis:// or rediss://",
+    )
+    key_prefix: str = Field(
+        default=DEFAULT_PREFIX,
+        min_length=1,
+        description="Prefix of every Redis key, the broker's included",
+    )
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Seconds before an unacked task is redelivered; longer than any generation",
+    )
