@@ -215,12 +215,7 @@ def test_a_stale_attempt_is_not_run_and_its_late_result_changes_nothing(
     dispatched_job(services, "moved", attempt=2)
     stats_before = services.ledger.get("moved")
     delivered = accepted(worker, DELIVER_TASK)
-    app.send_task(
-        GENERATE_TASK,
-        args=[generate_payload("moved", attempt=1)],
-        queue=SERVER,
-        link=app.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
-    )
+    app.send_task(GENERATE_TASK, args=[generate_payload("moved", attempt=1)], queue=SERVER)
     # The stale result travels to delivery too, which frees nothing the job still holds.
     wait_for(lambda: settled(worker, DELIVER_TASK, delivered + 1), 10, what="the delivery")
     job = services.ledger.get("moved")

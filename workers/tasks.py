@@ -1,4 +1,5 @@
-"""The one task a server's worker runs: a chat request against its own Ollama."""
+"""The one task a server's worker runs: a chat request against its own Ollama, whose result it
+sends to `deliver` on `control` (and keeps on the job until it is delivered)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 
 from workers import runtime as worker_runtime
 from workers.contract.protocol import (
+    CONTROL_QUEUE,
+    DELIVER_TASK,
     GENERATE_TASK,
     ChatOutcome,
     ChatRequest,
@@ -54,7 +57,18 @@ def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcom
         return ChatOutcome(ok=False, error_kind=ErrorKind.WORKER_ERROR, error=repr(exc)[:500])
 
 
-def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
+def send_to_delivery(task: Task, result: GenerateResult) -> None:
+    """The result goes to control even when stale: delivery frees a slot the job no longer
+    holds."""
+    task.app.send_task(
+        DELIVER_TASK,
+        args=[result.model_dump(mode="json")],
+        queue=CONTROL_QUEUE,
+        argsrepr=result.argsrepr(),
+    )
+
+
+def generate(task: Task, job_payload: dict[str, Any]) -> None:
     rt = worker_runtime.current()
     started_at = time.time()
     job = GenerateJob.model_validate(job_payload)
@@ -62,7 +76,7 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
         log.info(
             "job=%s attempt=%d server=%s stale: dropped", job.job_id, job.attempt, rt.server_id
         )
-        return GenerateResult(
+        stale = GenerateResult(
             job_id=job.job_id,
             attempt=job.attempt,
             server_id=rt.server_id,
@@ -70,7 +84,9 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
             started_at=started_at,
             finished_at=time.time(),
             stale=True,
-        ).model_dump(mode="json")
+        )
+        send_to_delivery(task, stale)
+        return
     reply = run_chat(rt, job.reply, job.job_id)
     eq = run_chat(rt, job.eq, job.job_id) if job.eq is not None and reply.ok else None
     finished_at = time.time()
@@ -92,8 +108,8 @@ def generate(job_payload: dict[str, Any]) -> dict[str, Any]:
         finished_at=finished_at,
     )
     keep_result(rt, result)
-    return result.model_dump(mode="json")
+    send_to_delivery(task, result)
 
 
 def register(app: Celery) -> None:
-    app.task(name=GENERATE_TASK, acks_late=True, ignore_result=True)(generate)
+    app.task(name=GENERATE_TASK, bind=True, acks_late=True, ignore_result=True)(generate)

@@ -2,8 +2,8 @@
 sleep until a slot frees, a server changes or a retry is due.
 
 One message's path: claim-next → ledger (first) → intake (validate, entity, chat requests) →
-placement (route, reserve a slot, dispatch `generate` to the server's queue, its result linked
-to `deliver` on `control`).
+placement (route, reserve a slot, dispatch `generate` to the server's queue, whose worker
+sends its result to `deliver` on `control`).
 """
 
 from __future__ import annotations

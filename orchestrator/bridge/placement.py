@@ -18,7 +18,7 @@ from orchestrator.services import Services
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Reservation
 from workers.contract.job import JobState
-from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK, GENERATE_TASK, GenerateJob
+from workers.contract.protocol import GENERATE_TASK, GenerateJob
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ class Placement:
         )
 
     def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
-        """Send the generate task; the ledger already says where it went."""
+        """Send the generate task (its worker sends the result on to `deliver`); the ledger
+        already says where it went."""
         job = GenerateJob(
             job_id=ready.job_id,
             attempt=attempt,
@@ -220,7 +221,7 @@ class Placement:
                 GENERATE_TASK,
                 args=[job.model_dump(mode="json")],
                 queue=server_id,
-                link=self.celery.signature(DELIVER_TASK, queue=CONTROL_QUEUE),
+                argsrepr=job.argsrepr(),
             )
         except Exception as exc:  # the broker is Redis: when it is away, keep the job here
             log.warning(

@@ -61,12 +61,17 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         else:
             post_reply(services, job, build_reply(entity, message, text).wire())
     complete(services, job.id)
+    eq_applied = None
     if result.eq is not None and result.eq.ok:
-        apply_eq_once(services, job, parse_eq_score(result.eq.text), start.eq_guard)
+        eq_applied = apply_eq_once(services, job, parse_eq_score(result.eq.text), start.eq_guard)
     timings = result.reply.timings
     pipe = services.redis.pipeline(transaction=True)
     if outcome is Outcome.ANSWERED:
         services.ledger.queue_reply_posted(pipe, job.id)
+    if eq_applied is not None:
+        # Should this step not happen, the guard stays pending and a delivery again asks the
+        # site whether the score landed.
+        services.ledger.queue_eq_applied(pipe, job.id, eq_applied)
     services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
     services.fleet.queue_success(pipe, result.server_id)
     services.ledger.queue_finish(
@@ -80,8 +85,9 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(
-        "job=%s attempt=%d server=%s %s in %.0f ms",
+        "job=%s attempt=%d server=%s %s in %.0f ms%s",
         job.id, result.attempt, result.server_id, outcome, elapsed_ms,
+        "" if eq_applied is None else f", EQ {eq_applied} applied",
     )  # fmt: skip
     return outcome
 
@@ -100,14 +106,16 @@ def complete(services: Services, job_id: str) -> None:
         log.warning("job=%s gone from the site queue before complete", job_id)
 
 
-def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -> None:
+def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -> int | None:
     """PATCH adds to the site's global score every time: it must happen at most once.
 
-    A guard marks the PATCH as begun (`pending:<time>`) before it is sent and as done after.
-    A delivery that finds it pending (one that died mid-PATCH, or is still sending it) waits
-    out the queue's timeout, then asks the site whether the score landed before sending it."""
+    A guard marks the PATCH as begun (`pending:<time>`) before it is sent and as done after
+    (the score this returns, which the caller records with the job's end). A delivery that
+    finds it pending (one that died mid-PATCH, or is still sending it) waits out the queue's
+    timeout, then asks the site whether the score landed before sending it. None when no
+    PATCH was sent."""
     if score <= 0:
-        return
+        return None
     ledger = services.ledger
     now = time.time()
     if guard is None:
@@ -115,7 +123,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
     if guard is not None:
         if not guard.startswith(PENDING):
             log.info("job=%s EQ already applied", job.id)
-            return
+            return None
         began = float(guard.removeprefix(PENDING) or 0)
         if now - began < 2 * services.settings.queue_timeout_s:
             raise EqInDoubt(f"job={job.id} EQ being applied since {now - began:.1f}s")
@@ -123,7 +131,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
         if landed is None or landed > 0:
             ledger.set_eq_guard(job.id, "gone" if landed is None else landed)
             log.info("job=%s EQ found on the site (%s): not applied again", job.id, landed)
-            return
+            return None
         ledger.set_eq_guard(job.id, f"{PENDING}{now}")
     # On any error but these, the PATCH may have landed: the guard stays pending, and the
     # task's retry asks the site.
@@ -135,8 +143,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
         # Nothing reached the queue: lift the guard so the task's retry may apply it.
         ledger.lift_eq_guard(job.id)
         raise
-    ledger.set_eq_guard(job.id, score)
-    log.info("job=%s EQ %d applied", job.id, score)
+    return score  # logged with the delivery's own line
 
 
 def site_eq_score(services: Services, job: Job) -> float | None:

@@ -29,7 +29,7 @@ from orchestrator.services import Services
 from orchestrator.settings import Settings
 from orchestrator.state.ledger import JobRow
 from workers.contract.job import HELD_BY_BRIDGE, UNPLACED, JobState
-from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK, ErrorKind
+from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK, ErrorKind, GenerateResult
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,13 @@ def redeliver(services: Services, job_id: str, state: JobState, app: Celery | No
         return 0
     if not services.ledger.note_redelivery(job_id, state):
         return 0  # it moved on meanwhile
-    app.send_task(DELIVER_TASK, args=[json.loads(job.result)], queue=CONTROL_QUEUE)
+    result = GenerateResult.model_validate_json(job.result)
+    app.send_task(
+        DELIVER_TASK,
+        args=[result.model_dump(mode="json")],
+        queue=CONTROL_QUEUE,
+        argsrepr=result.argsrepr(),
+    )
     log.warning("job=%s result not delivered in time: delivering it again", job_id)
     return 1
 

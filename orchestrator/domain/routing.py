@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,8 +59,12 @@ class Decision:
     """`server` to dispatch to now, or None: `wait` for a slot, or no server can run it."""
 
     server: ServerView | None
-    reason: str
+    why: str | Callable[[], str]  # the reason, or how to tell it: only a debug log asks
     wait: bool = False
+
+    @property
+    def reason(self) -> str:
+        return self.why if isinstance(self.why, str) else self.why()
 
 
 def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
@@ -165,11 +169,14 @@ class Planner:
             # Loading one more evicts one: later jobs for it would load it again.
             loaded.discard(sorted(loaded)[0])
         loaded.add(model)
-        others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
-        reason = best.explain() + (f" over {others}" if others else "")
+
+        def reason() -> str:
+            others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
+            return best.explain() + (f" over {others}" if others else "")
+
         if best.wait_s == 0.0:
             return Decision(best.server, reason)
-        return Decision(None, f"waits for {reason}", wait=True)
+        return Decision(None, lambda: f"waits for {reason()}", wait=True)
 
     def _free_slot_before_drain(self, estimates: list[Estimate], tokens: int) -> Estimate | None:
         """While a backlog is waiting, a free slot is worth taking if the job would be done there

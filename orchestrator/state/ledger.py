@@ -347,6 +347,10 @@ class Ledger:
     def set_eq_guard(self, job_id: str, value: str | float) -> None:
         self.redis.set(self.keys.once_eq(job_id), value, ex=ONCE_GUARD_TTL_S)
 
+    def queue_eq_applied(self, pipe: redis.client.Pipeline, job_id: str, score: int) -> None:
+        """The EQ once-guard says the score landed (added to a caller's pipeline)."""
+        pipe.set(self.keys.once_eq(job_id), score, ex=ONCE_GUARD_TTL_S)
+
     def lift_eq_guard(self, job_id: str) -> None:
         self.redis.delete(self.keys.once_eq(job_id))
 

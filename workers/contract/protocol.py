@@ -115,9 +115,13 @@ class GenerateJob(BaseModel):
     eq: ChatRequest | None = None
     dispatched_at: float
 
+    def argsrepr(self) -> str:
+        """How the task's argument shows in Flower and the logs: which job, not its text."""
+        return f"(job={self.job_id} attempt={self.attempt} server={self.server_id})"
+
 
 class GenerateResult(BaseModel):
-    """The generate task's return value; the deliver task's argument."""
+    """What a worker sends to `deliver` on `control` when it is done with a generate task."""
 
     job_id: str
     attempt: int
@@ -127,3 +131,8 @@ class GenerateResult(BaseModel):
     started_at: float
     finished_at: float
     stale: bool = False
+
+    def argsrepr(self) -> str:
+        """How the deliver task's argument shows in Flower and the logs."""
+        verdict = "stale" if self.stale else ("ok" if self.reply.ok else self.reply.error_kind)
+        return f"(job={self.job_id} attempt={self.attempt} server={self.server_id} {verdict})"

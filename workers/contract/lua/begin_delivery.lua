@@ -11,9 +11,17 @@
 -- ARGV[4] event channel
 -- ARGV[5] now (epoch seconds)
 -- Returns {0} for an unknown job; {1, fields} for a stale result; {2, fields, reply posted
--- (0/1), EQ guard value or false} for the current one.
-local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then return {0} end
+-- (0/1), EQ guard value or false} for the current one. The fields leave out the kept result:
+-- the delivery has it.
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return {0} end
+local fields = {}
+for index = 1, #all, 2 do
+  if all[index] ~= 'result' then
+    fields[#fields + 1] = all[index]
+    fields[#fields + 1] = all[index + 1]
+  end
+end
 local attempt, state, server = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state', 'server_id'))
 local current = attempt == ARGV[2] and server == ARGV[3]
   and (state == DISPATCHED or state == DELIVERING)
