@@ -53,8 +53,11 @@ from standins import SAMPLE_ENTITIES_DIR
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
 from workers.contract.keys import Keys
+from workers.contract.server_record import ServerRecord
+from workers.heartbeat import write_record
 
 POLICIES = ("soonest", "random", "least_inflight")
+PHANTOM_TTL_S = 3600  # servers registered by hand live through the run
 
 
 def heterogeneous_fleet() -> list[SimServerSpec]:
@@ -165,19 +168,15 @@ def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[s
 def register_phantoms(stack: LocalStack, count: int) -> None:
     """Known servers with a model no entity uses: the router reads and weighs every one of
     them, and no job goes there. Their records are kept alive like a heartbeat's."""
-    pipe = stack.redis.pipeline(transaction=False)
     for index in range(count):
-        server_id = f"phantom-{index:03d}"
-        pipe.hset(
-            stack.keys.server(server_id),
-            mapping={
-                "id": server_id, "capacity": "2", "models": json.dumps(["phantom:1b"]),
-                "loaded": "[]", "ollama_healthy": "1", "region": "eu",
-                "last_beat": str(time.time()),
-            },
-        )  # fmt: skip
-        pipe.sadd(stack.keys.servers, server_id)
-    pipe.execute()
+        record = ServerRecord(
+            id=f"phantom-{index:03d}",
+            capacity=2,
+            models=["phantom:1b"],
+            region="eu",
+            last_beat=time.time(),
+        )
+        write_record(stack.redis, stack.keys, record, ttl_s=PHANTOM_TTL_S)
 
 
 def bridge_rss_mb(stack: LocalStack) -> float:
@@ -199,21 +198,18 @@ def route_ms_p99(servers: int, decisions: int = 2000) -> dict[str, float]:
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
         keys = Keys()
         rng = random.Random(3)
-        pipe = client.pipeline(transaction=False)
         for index in range(servers):
-            server_id = f"server-{index:03d}"
-            pipe.hset(
-                keys.server(server_id),
-                mapping={
-                    "id": server_id, "capacity": str(rng.randint(1, 4)),
-                    "models": json.dumps([LLAMA, QWEN] if index % 3 else [QWEN]),
-                    "loaded": json.dumps([LLAMA] if index % 2 else []), "ollama_healthy": "1",
-                    "region": "eu" if index % 5 else "us", "last_beat": str(time.time()),
-                },
-            )  # fmt: skip
-            pipe.hset(keys.latency(server_id), mapping={f"{LLAMA}:tps": rng.uniform(20, 160)})
-            pipe.sadd(keys.servers, server_id)
-        pipe.execute()
+            record = ServerRecord(
+                id=f"server-{index:03d}",
+                capacity=rng.randint(1, 4),
+                models=[LLAMA, QWEN] if index % 3 else [QWEN],
+                loaded=[LLAMA] if index % 2 else [],
+                region="eu" if index % 5 else "us",
+                last_beat=time.time(),
+            )
+            write_record(client, keys, record, ttl_s=PHANTOM_TTL_S)
+            # A measured speed, as control keeps it.
+            client.hset(keys.latency(record.id), f"{LLAMA}:tps", rng.uniform(20, 160))
         fleet = Fleet(client, keys)
         route_ms, read_ms = [], []
         records = fleet.read()

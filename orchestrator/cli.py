@@ -57,9 +57,7 @@ def bridge(
     log_level: LogLevel = "info",
 ) -> None:
     """Claim messages from the site queue and dispatch them to the fleet."""
-    from orchestrator.bridge import Bridge  # noqa: PLC0415 - keep `--help` fast
-    from orchestrator.celery import make_app  # noqa: PLC0415
-    from orchestrator.services import Services  # noqa: PLC0415
+    from orchestrator.bridge import run_bridge  # noqa: PLC0415 - keep `--help` fast
 
     setup_logging(log_level)
     settings = Settings.load(
@@ -69,11 +67,7 @@ def bridge(
         entities_dir=entities_dir,
         bridge_id=bridge_id,
     )
-    services = Services.build(settings)
-    try:
-        Bridge(services, make_app(settings)).run(stop_on_signals())
-    finally:
-        services.close()
+    run_bridge(settings, stop_on_signals())
 
 
 @app.command()
@@ -84,32 +78,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts")] = False,
 ) -> None:
     """The fleet: one row per server (online, load, latency, models, heartbeat, queue)."""
-    import json  # noqa: PLC0415
-
-    from rich.console import Console  # noqa: PLC0415
-    from rich.live import Live  # noqa: PLC0415
-
-    from orchestrator.ops.status import FleetStatus, read_status, status_table  # noqa: PLC0415
-    from orchestrator.services import State  # noqa: PLC0415
+    from orchestrator.ops.status import status_command  # noqa: PLC0415
 
     settings = Settings.load(config, redis_url=redis_url)
-    state = State.from_settings(settings)
-
-    def current() -> FleetStatus:
-        return read_status(state)
-
-    try:
-        if as_json:
-            typer.echo(json.dumps(current().as_json()))
-        elif not watch:
-            Console().print(status_table(current()))
-        else:
-            stop = stop_on_signals()
-            with Live(status_table(current()), auto_refresh=False) as live:
-                while not stop.wait(1.0):
-                    live.update(status_table(current()), refresh=True)
-    finally:
-        state.close()
+    stop = stop_on_signals() if watch else None
+    raise typer.Exit(status_command(settings, as_json=as_json, watch=stop))
 
 
 RedisUrl = Annotated[str | None, typer.Option(help="Redis URL")]

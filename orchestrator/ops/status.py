@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from orchestrator.ops.durations import ago
 from orchestrator.services import State
+from orchestrator.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -137,3 +142,23 @@ def status_table(status: FleetStatus) -> Table:
         + (f" · {outcomes}" if outcomes else "")
     )
     return table
+
+
+def status_command(
+    settings: Settings, *, as_json: bool, watch: threading.Event | None = None
+) -> int:
+    """Print the fleet once (a table, or JSON), or, given `watch`, refresh it every second
+    until that is set."""
+    state = State.from_settings(settings)
+    try:
+        if as_json:
+            print(json.dumps(read_status(state).as_json()))
+        elif watch is None:
+            Console().print(status_table(read_status(state)))
+        else:
+            with Live(status_table(read_status(state)), auto_refresh=False) as live:
+                while not watch.wait(1.0):
+                    live.update(status_table(read_status(state)), refresh=True)
+    finally:
+        state.close()
+    return 0
