@@ -418,3 +418,17 @@ def test_the_command_runs_as_a_program(ledger: Ledger, redis_url: str) -> None:
     refused = run("retry", "nobody")
     assert refused.returncode == 1
     assert "no job 'nobody'" in refused.stderr
+
+
+def test_the_sweeps_view_leaves_out_an_unreadable_job_and_reads_the_rest(ledger: Ledger) -> None:
+    claim(ledger, "fine")
+    claim(ledger, "odd")
+    ledger.redis.hset(ledger.keys.job("odd"), "state", "no-such-state")
+    claim(ledger, "gone")
+    ledger.redis.delete(ledger.keys.job("gone"))
+    rows = dict(ledger.active_rows())
+    assert set(rows) == {"fine", "gone"}
+    assert rows["gone"] is None
+    fine = rows["fine"]
+    assert fine is not None
+    assert (fine.state, fine.bridge_id, fine.attempt) == (JobState.WAITING, BRIDGE, 0)

@@ -10,6 +10,7 @@ operator can all act on the same job and each step still happens once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from orchestrator.errors import JobRefused
 from workers.contract.job import HELD_BY_BRIDGE, JobState, may_step
 from workers.contract.keys import Keys
 from workers.contract.scripts import pairs_to_dict, register
+
+log = logging.getLogger(__name__)
 
 ONCE_GUARD_TTL_S = 7 * 86400
 REASON_CHARS = 2000
@@ -445,15 +448,18 @@ class Ledger:
 
     def active_rows(self) -> list[tuple[str, JobRow | None]]:
         """Every active job's id with what the sweep judges it by; None for an id whose job
-        is gone."""
+        is gone. A job whose fields do not read is left out, with a log line."""
         ids = self.active_job_ids()
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(self.keys.job(job_id), ROW_FIELDS)
-        return [
-            (job_id, _row(job_id, values))
-            for job_id, values in zip(ids, pipe.execute(), strict=True)
-        ]
+        rows: list[tuple[str, JobRow | None]] = []
+        for job_id, values in zip(ids, pipe.execute(), strict=True):
+            try:
+                rows.append((job_id, _row(job_id, values)))
+            except ValueError as exc:
+                log.error("job=%s ledger entry unreadable, left as it is: %s", job_id, exc)
+        return rows
 
     def forget(self, job_id: str) -> None:
         """An active job whose hash is gone leaves the active set."""
