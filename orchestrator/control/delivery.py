@@ -139,6 +139,8 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
         services.queue.patch_eq(job.id, score)
     except MessageGone:
         log.warning("job=%s gone from the site queue before EQ", job.id)
+        ledger.set_eq_guard(job.id, "gone")
+        return None
     except QueueNotReached:
         # Nothing reached the queue: lift the guard so the task's retry may apply it.
         ledger.lift_eq_guard(job.id)
