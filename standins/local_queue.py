@@ -1,7 +1,16 @@
 """The local queue: the site queue's HTTP API (docs/site-queue.md), kept in SQLite.
 
+It answers as the deployed queue does wherever a client could tell the difference
+(`tests/test_site_contract.py` holds the cases), refuses some bodies the deployed queue
+accepts by mistake (listed there and in docs/site-queue.md), and keeps its messages.
+
 One SQLite connection behind one lock, one transaction per operation: claims are atomic the
 way the Durable Object's one-request-at-a-time makes them, and a restart loses nothing.
+
+The deployed queue keeps two lists: the messages it caches (the last 50,000 posted), and the
+pending list the bot claims from. A message is in the pending list while its status column is
+`pending`, or while `stale_in_pending` is set: completed while still pending, it stays listed
+until a claim-next meets it and fails, as the deployed queue's does.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import string
@@ -19,7 +29,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -29,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from orchestrator.domain.messages import DEFAULT_DOMAIN, DEFAULT_PRIORITY, NewMessage
+from orchestrator.domain.messages import DEFAULT_DOMAIN, DEFAULT_PRIORITY, MAX_ID_LENGTH
 from standins.http_server import uvicorn_server
 
 log = logging.getLogger(__name__)
@@ -37,29 +46,56 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.0.1"
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_LENGTH = 10
-DEFAULT_PENDING_LIMIT = 50
+# As many messages as the deployed queue keeps in memory. Past it the oldest posted are
+# dropped, but never one still in the pending list (the deployed queue can still claim those).
+SITE_CACHE_SIZE = 50_000
 # The deployed queue is JavaScript: integers past this are not exact there, nor storable here.
 MAX_SAFE_INTEGER = 2**53 - 1
+STATS_MODE = "sqlite"
+NOT_IN_PENDING_QUEUE = "Message not found in pending queue"
+NOT_FOUND = "Message not found"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     timestamp INTEGER NOT NULL,
-    status TEXT,                -- botParams.status once queued; NULL for a message never queued
+    status TEXT,                -- botParams.status; NULL for a message without botParams
     priority INTEGER NOT NULL,  -- the ordering priority: a missing or 0 priority is stored as 5
     claimed_by TEXT,
-    body TEXT NOT NULL          -- the message as JSON, in its wire shape
+    body TEXT NOT NULL,         -- the message as JSON, in its wire shape
+    stale_in_pending INTEGER NOT NULL DEFAULT 0  -- completed, yet still in the pending list
 );
-CREATE INDEX IF NOT EXISTS messages_queue_order ON messages (status, priority DESC, timestamp);
-CREATE INDEX IF NOT EXISTS messages_by_timestamp ON messages (timestamp);
-CREATE INDEX IF NOT EXISTS messages_by_claimer ON messages (claimed_by);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
 INSERT OR IGNORE INTO totals (name, value) VALUES ('globalScore', 0);
 """
-NEXT_PENDING = (
-    "SELECT id, body FROM messages WHERE status = 'pending'"
+INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_queue_order ON messages (status, priority DESC, timestamp);
+CREATE INDEX IF NOT EXISTS messages_by_timestamp ON messages (timestamp);
+CREATE INDEX IF NOT EXISTS messages_by_claimer ON messages (claimed_by);
+CREATE INDEX IF NOT EXISTS messages_stale ON messages (stale_in_pending)
+    WHERE stale_in_pending = 1;
+"""
+# In the pending list: still pending, or completed while pending (see the module's docstring).
+LISTED = (
+    "SELECT id, body FROM messages WHERE (status = 'pending' OR stale_in_pending = 1)"
     " ORDER BY priority DESC, timestamp, rowid LIMIT ?"
 )
+COUNT_LISTED = "SELECT COUNT(*) FROM messages WHERE (status = 'pending' OR stale_in_pending = 1)"
+NEXT_PENDING = (
+    "SELECT id, body FROM messages WHERE status = 'pending'"
+    " ORDER BY priority DESC, timestamp, rowid LIMIT 1"
+)
+FIRST_STALE = (
+    "SELECT id FROM messages WHERE stale_in_pending = 1"
+    " ORDER BY priority DESC, timestamp, rowid LIMIT 1"
+)
+DROP_OLDEST = (
+    "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages"
+    " WHERE status IS NOT 'pending' AND stale_in_pending = 0 AND id != ?"
+    " ORDER BY rowid LIMIT ?)"
+)
+# SQLite integers are 64-bit: a bound past them compares as the nearest end would.
+SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
 
 
 class Refused(Exception):
@@ -80,9 +116,16 @@ def as_number(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def ordering_priority(posted: NewMessage) -> int:
-    priority = posted.bot_params.priority if posted.bot_params else DEFAULT_PRIORITY
-    return priority or DEFAULT_PRIORITY
+def js_truthy(value: Any) -> bool:
+    """JavaScript's truth: the deployed queue's `a || b` falls through on these."""
+    if value is None or value is False or value == "":
+        return False
+    return not (isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
+
+
+def js_or(*values: Any, default: Any) -> Any:
+    """`a || b || default`, as the deployed queue fills in a field."""
+    return next((value for value in values if js_truthy(value)), default)
 
 
 def bot_params_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -93,15 +136,150 @@ def bot_params_of(message: dict[str, Any]) -> dict[str, Any]:
     return bot_params
 
 
-def not_found(message_id: str) -> Refused:
-    return Refused(404, {"success": False, "error": f"Message {message_id} not found"})
+def invalid(detail: str | list[str]) -> Refused:
+    return Refused(422, {"error": "Invalid request", "detail": detail})
+
+
+# What a posted message becomes ----------------------------------------------------------------
+
+
+class PostedFields:
+    """Reads a posted body as the deployed queue does (`a || b || default`), refusing a field
+    of the wrong type where the deployed queue would store it as it came."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        bot_params = body.get("botParams")
+        self.bot_params: dict[str, Any] = {}
+        self.problems: list[str] = []
+        if isinstance(bot_params, dict):
+            self.bot_params = bot_params
+        elif bot_params is not None:
+            self.problems.append("botParams: must be an object")
+
+    def string(self, name: str, *, nested: bool = False, required: bool = False) -> str | None:
+        where = self.bot_params if nested else self.body
+        value = where.get(name)
+        label = f"botParams.{name}" if nested else name
+        if value is None:
+            if required:
+                self.problems.append(f"{label}: required")
+            return None
+        if not isinstance(value, str):
+            self.problems.append(f"{label}: must be a string")
+            return None
+        return value
+
+    def integer(self, name: str, *, nested: bool = False) -> int | None:
+        value = (self.bot_params if nested else self.body).get(name)
+        label = f"botParams.{name}" if nested else name
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problems.append(f"{label}: must be an integer")
+            return None
+        if abs(value) > MAX_SAFE_INTEGER:
+            self.problems.append(f"{label}: must be a safe integer")
+            return None
+        return value
+
+    def number(self, name: str) -> int | float | None:
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problems.append(f"{name}: must be a number")
+            return None
+        if abs(value) > MAX_SAFE_INTEGER:
+            self.problems.append(f"{name}: must be at most {MAX_SAFE_INTEGER} in size")
+            return None
+        return value
+
+    def lines(self, name: str) -> list[str] | None:
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+            self.problems.append(f"{name}: must be a list of strings")
+            return None
+        return value
+
+
+class Posted:
+    """A posted message as the deployed queue stores it: a fixed set of fields."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        fields = PostedFields(body)
+        text = fields.string("text", required=True)
+        username = fields.string("username", required=True)
+        message_id = fields.string("id")
+        if message_id is not None and len(message_id) > MAX_ID_LENGTH:
+            fields.problems.append(f"id: at most {MAX_ID_LENGTH} characters")
+        timestamp = fields.integer("timestamp")
+        color = fields.string("color")
+        domain = fields.string("domain")
+        message_type = fields.string("message-type")
+        if not js_truthy(message_type):
+            message_type = fields.string("messageType")
+        message_type = js_or(message_type, default="human")
+        if message_type not in {"human", "AI"}:
+            fields.problems.append('message-type: must be "human" or "AI"')
+        reply_to = fields.string("replyTo")
+        context = fields.lines("context")
+        eq_score = fields.number("eqScore")
+        entity = fields.string("entity", nested=True)
+        ais = fields.string("ais", nested=True)
+        session_id = fields.string("sessionId", nested=True)
+        priority = fields.integer("priority", nested=True)
+        if not js_truthy(priority):
+            priority = fields.integer("priority")
+        if fields.problems:
+            raise invalid(fields.problems)
+
+        self.id = message_id or None
+        self.given_timestamp = timestamp or None
+        self.is_ai = message_type == "AI"
+        self.queued = not self.is_ai and js_truthy(entity)
+        self.priority: int = js_or(priority, default=DEFAULT_PRIORITY)
+        message: dict[str, Any] = {"text": text, "username": username}
+        if color is not None:
+            message["color"] = color
+        message["domain"] = js_or(domain, default=DEFAULT_DOMAIN)
+        message["message-type"] = message_type
+        message["replyTo"] = js_or(reply_to, default=None)
+        message["context"] = context
+        message["eqScore"] = js_or(eq_score, default=0)
+        if self.queued or self.is_ai:
+            message["botParams"] = {
+                "status": "complete" if self.is_ai else "pending",
+                "priority": self.priority,
+                "entity": js_or(entity, default=None),
+                "ais": js_or(ais, default=None),
+                "sessionId": js_or(session_id, default=None),
+                "humanUsername": username,
+                "humanColor": color,
+                "claimedBy": None,
+                "claimedAt": None,
+                "completedAt": None,
+            }
+        self.fields = message
+
+    def stored(self, message_id: str, timestamp: int) -> dict[str, Any]:
+        message = {"id": message_id, "timestamp": timestamp, **self.fields}
+        if self.is_ai:
+            message["botParams"] = {**message["botParams"], "completedAt": timestamp}
+        return message
+
+
+# The store ------------------------------------------------------------------------------------
 
 
 class QueueStore:
     """The site queue's operations on SQLite; each returns the contract's answer as a dict."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, max_messages: int = SITE_CACHE_SIZE) -> None:
         self.path = str(path)
+        self.max_messages = max_messages
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with self._lock:
@@ -110,6 +288,12 @@ class QueueStore:
             # cost the last commits): enough for a stand-in, without an fsync per request.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "stale_in_pending" not in columns:  # a file written before the column existed
+                self._db.execute(
+                    "ALTER TABLE messages ADD COLUMN stale_in_pending INTEGER NOT NULL DEFAULT 0"
+                )
+            self._db.executescript(INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -128,18 +312,7 @@ class QueueStore:
 
     # Messages --------------------------------------------------------------------------------
 
-    def post_comment(self, posted: NewMessage) -> dict[str, Any]:
-        # Kept as posted, with only the defaults the deployed queue fills in.
-        message = posted.model_dump(by_alias=True, exclude_unset=True, mode="json")
-        message.setdefault("domain", DEFAULT_DOMAIN)
-        message.setdefault("message-type", "human")
-        message.setdefault("eqScore", 0)
-        entity = posted.bot_params.entity if posted.bot_params else None
-        queued = posted.message_type == "human" and bool(entity)
-        if queued:
-            bot_params = bot_params_of(message)
-            bot_params["status"] = "pending"
-            bot_params.setdefault("priority", DEFAULT_PRIORITY)
+    def post_comment(self, posted: Posted) -> dict[str, Any]:
         with self._transaction() as db:
             if posted.id is not None:
                 row = db.execute(
@@ -148,21 +321,31 @@ class QueueStore:
                 if row is not None:
                     return {"id": posted.id, "timestamp": row[0], "status": "duplicate"}
             message_id = posted.id or self._fresh_id(db)
-            timestamp = posted.timestamp if posted.timestamp is not None else now_ms()
-            message = {"id": message_id, "timestamp": timestamp, **message}
+            timestamp = posted.given_timestamp or now_ms()
+            message = posted.stored(message_id, timestamp)
+            status = message["botParams"]["status"] if "botParams" in message else None
             db.execute(
                 "INSERT INTO messages (id, timestamp, status, priority, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (
-                    message_id,
-                    timestamp,
-                    "pending" if queued else None,
-                    ordering_priority(posted),
-                    json.dumps(message),
-                ),
+                (message_id, timestamp, status, posted.priority, json.dumps(message)),
             )
-        log.debug("message=%s posted%s", message_id, " (queued)" if queued else "")
+            dropped = self._keep_at_most(db, self.max_messages, message_id)
+        log.debug("message=%s posted%s", message_id, " (queued)" if posted.queued else "")
+        if dropped:
+            log.info(
+                "dropped the %d oldest messages: more than %d kept", dropped, self.max_messages
+            )
         return {"id": message_id, "timestamp": timestamp, "status": "success"}
+
+    @staticmethod
+    def _keep_at_most(db: sqlite3.Connection, most: int, newest_id: str) -> int:
+        """Drop the oldest posted messages past `most`, as the deployed queue's cache does,
+        but not one in the pending list, nor the message just posted."""
+        (count,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        if count <= most:
+            return 0
+        dropped: int = db.execute(DROP_OLDEST, (newest_id, count - most)).rowcount
+        return dropped
 
     @staticmethod
     def _fresh_id(db: sqlite3.Connection) -> str:
@@ -171,13 +354,17 @@ class QueueStore:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (candidate,)).fetchone() is None:
                 return candidate
 
-    def comments_after(self, after_ms: int, limit: int | None = None) -> dict[str, Any]:
+    def comments_after(self, after_ms: int | None) -> dict[str, Any]:
+        """Every kept message with a later timestamp, newest posted first (None matches none)."""
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT body FROM messages WHERE timestamp > ?"
-                " ORDER BY timestamp DESC, rowid DESC LIMIT ?",
-                (after_ms, -1 if limit is None else limit),
-            ).fetchall()
+            rows = (
+                []
+                if after_ms is None
+                else db.execute(
+                    "SELECT body FROM messages WHERE timestamp > ? ORDER BY rowid DESC",
+                    (min(max(after_ms, SQLITE_MIN), SQLITE_MAX),),
+                ).fetchall()
+            )
             global_score = self._global_score(db)
         return {
             "messages": [json.loads(body) for (body,) in rows],
@@ -185,14 +372,16 @@ class QueueStore:
             "globalScore": global_score,
         }
 
-    def patch_eq(self, message_id: str, score: float) -> dict[str, Any]:
+    def patch_eq(self, message_id: str, score: float | None) -> dict[str, Any]:
+        """Set the message's eqScore (None: leave it) and add a positive one to the total."""
         with self._transaction() as db:
             message = self._load(db, message_id)
-            message["eqScore"] = score
-            db.execute(
-                "UPDATE messages SET body = ? WHERE id = ?", (json.dumps(message), message_id)
-            )
-            if score > 0:
+            if score is not None:
+                message["eqScore"] = score
+                db.execute(
+                    "UPDATE messages SET body = ? WHERE id = ?", (json.dumps(message), message_id)
+                )
+            if score is not None and score > 0:
                 # Added on every call, as the deployed queue does: callers guard against repeats.
                 db.execute(
                     "UPDATE totals SET value = value + ? WHERE name = 'globalScore'", (score,)
@@ -205,7 +394,7 @@ class QueueStore:
     def _load(db: sqlite3.Connection, message_id: str) -> dict[str, Any]:
         row = db.execute("SELECT body FROM messages WHERE id = ?", (message_id,)).fetchone()
         if row is None:
-            raise not_found(message_id)
+            raise Refused(404, {"success": False, "error": NOT_FOUND})
         message: dict[str, Any] = json.loads(row[0])
         return message
 
@@ -216,44 +405,61 @@ class QueueStore:
 
     # The bot's queue -------------------------------------------------------------------------
 
-    def pending(self, limit: int = DEFAULT_PENDING_LIMIT) -> dict[str, Any]:
+    def pending(self, limit: int | None = None) -> dict[str, Any]:
+        """The pending list in claim order: all of it, or `limit` as JavaScript's
+        `slice(0, limit)` reads it (a negative limit leaves out that many at the end)."""
         with self._transaction() as db:
-            rows = db.execute(NEXT_PENDING, (limit,)).fetchall()
-            counts = self._counts(db)
+            take_all = limit is None or limit < 0
+            rows = db.execute(LISTED, (-1 if take_all else limit,)).fetchall()
+        if limit is not None and limit < 0:
+            rows = rows[:limit]
         return {
             "pending": [json.loads(body) for _, body in rows],
             "platformOnly": [],
-            "kvStats": counts,
+            "kvStats": {"reads": 0, "writes": 0},
         }
 
     def claim(self, message_id: str, worker_id: str) -> dict[str, Any]:
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, body FROM messages WHERE id = ?", (message_id,)
+                "SELECT status, stale_in_pending, body FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-            # Queued but taken: 409. Never queued, completed (left the queue) or unknown: 404.
-            if row is not None and row[0] == "processing":
-                raise Refused(409, {"success": False, "error": f"{message_id} is processing"})
-            if row is None or row[0] != "pending":
-                raise Refused(404, {"success": False, "error": f"{message_id} is not pending"})
-            message = self._mark_claimed(db, message_id, json.loads(row[1]), worker_id)
+            if row is None or (row[0] != "pending" and not row[1]):
+                # Never queued, claimed already (it left the pending list), or unknown.
+                raise Refused(404, {"success": False, "error": NOT_IN_PENDING_QUEUE})
+            if row[0] != "pending":
+                error = f"Message status is {row[0]}, not pending"
+                raise Refused(409, {"success": False, "error": error})
+            message = self._mark_claimed(db, message_id, json.loads(row[2]), worker_id)
         return {"success": True, "message": message}
 
     def claim_next(self, worker_id: str) -> dict[str, Any]:
         with self._transaction() as db:
-            (total_pending,) = db.execute(
-                "SELECT COUNT(*) FROM messages WHERE status = 'pending'"
-            ).fetchone()
-            row = db.execute(NEXT_PENDING, (1,)).fetchone()
-            if row is None:
-                return {
-                    "success": False,
-                    "message": None,
-                    "reason": "no_pending_messages",
-                    "totalPending": 0,
-                    "remainingPending": 0,
-                }
-            message = self._mark_claimed(db, row[0], json.loads(row[1]), worker_id)
+            (total_pending,) = db.execute(COUNT_LISTED).fetchone()
+            stale = db.execute(FIRST_STALE).fetchone()
+            if stale is not None:
+                # The deployed queue fails on a completed message left in its pending list, and
+                # the failure takes it out: one 500, then claims go on.
+                db.execute("UPDATE messages SET stale_in_pending = 0 WHERE id = ?", stale)
+            else:
+                row = db.execute(NEXT_PENDING).fetchone()
+                message = (
+                    None
+                    if row is None
+                    else self._mark_claimed(db, row[0], json.loads(row[1]), worker_id)
+                )
+        if stale is not None:
+            log.warning("message=%s completed while pending: claim-next fails once", stale[0])
+            error = f"Message {stale[0]} in the pending queue is complete, not pending"
+            raise Refused(500, {"error": error})
+        if message is None:
+            return {
+                "success": False,
+                "message": None,
+                "reason": "no_pending_messages",
+                "totalPending": 0,
+                "remainingPending": 0,
+            }
         return {
             "success": True,
             "message": message,
@@ -274,13 +480,23 @@ class QueueStore:
         return message
 
     def complete(self, message_id: str) -> dict[str, Any]:
+        """Mark the message complete whatever its status; one still pending stays in the
+        pending list, as on the deployed queue. A message without botParams is left as it is."""
         with self._transaction() as db:
-            message = self._load(db, message_id)
-            bot_params_of(message).update(status="complete", completedAt=now_ms())
-            db.execute(
-                "UPDATE messages SET status = 'complete', body = ? WHERE id = ?",
-                (json.dumps(message), message_id),
-            )
+            row = db.execute(
+                "SELECT status, body FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise Refused(404, {"success": False, "error": NOT_FOUND})
+            message = json.loads(row[1])
+            bot_params = message.get("botParams")
+            if isinstance(bot_params, dict):
+                bot_params.update(status="complete", completedAt=now_ms())
+                db.execute(
+                    "UPDATE messages SET status = 'complete', body = ?,"
+                    " stale_in_pending = MAX(stale_in_pending, ?) WHERE id = ?",
+                    (json.dumps(message), row[0] == "pending", message_id),
+                )
         log.info("message=%s complete", message_id)
         return {"success": True}
 
@@ -288,26 +504,25 @@ class QueueStore:
 
     def stats(self) -> dict[str, Any]:
         with self._transaction() as db:
-            return {**self._counts(db), "globalScore": self._global_score(db)}
+            (cached,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            (listed,) = db.execute(COUNT_LISTED).fetchone()
+            global_score = self._global_score(db)
+        return {
+            "mode": STATS_MODE,
+            "recentMessages": cached,
+            "pendingQueue": listed,
+            "maxCacheSize": self.max_messages,
+            "storageReads": 0,
+            "storageWrites": 0,
+            "globalScore": global_score,
+        }
 
     def purge(self) -> dict[str, Any]:
         with self._transaction() as db:
             purged = db.execute("DELETE FROM messages").rowcount
             global_score = self._global_score(db)
         log.warning("purged %d messages (globalScore %s kept)", purged, global_score)
-        return {"success": True, "purged": purged, "globalScore": global_score}
-
-    @staticmethod
-    def _counts(db: sqlite3.Connection) -> dict[str, int]:
-        by_status = dict(
-            db.execute("SELECT status, COUNT(*) FROM messages GROUP BY status").fetchall()
-        )
-        return {
-            "totalMessages": sum(by_status.values()),
-            "pending": by_status.get("pending", 0),
-            "processing": by_status.get("processing", 0),
-            "complete": by_status.get("complete", 0),
-        }
+        return {"success": True, "message": f"Purged {purged} messages from memory"}
 
 
 # HTTP ----------------------------------------------------------------------------------------
@@ -319,13 +534,13 @@ def _reject_constant(name: str) -> float:
 
 def _finite_float(text: str) -> float:
     value = float(text)
-    if value in (float("inf"), float("-inf")):
+    if math.isinf(value):
         raise ValueError(f"{text} is out of range")
     return value
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body: 400 when it is not JSON, 422 when it is not an object."""
+async def json_body(request: Request) -> Any:
+    """The request's JSON body: 400 when it is not JSON (the deployed queue answers 500)."""
     try:
         body = json.loads(
             await request.body(), parse_constant=_reject_constant, parse_float=_finite_float
@@ -334,51 +549,75 @@ async def json_object(request: Request) -> dict[str, Any]:
         json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:
         raise Refused(400, {"error": f"Body is not valid JSON: {exc}"}) from exc
+    return body
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """A JSON object body: 422 for any other JSON (a message or a score must be an object)."""
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise Refused(422, {"error": "Body must be a JSON object", "detail": type(body).__name__})
     return body
 
 
-def invalid(detail: str | list[str]) -> Refused:
-    return Refused(422, {"error": "Invalid request", "detail": detail})
+async def json_fields(request: Request) -> dict[str, Any]:
+    """The fields of a queue call's body: JSON that is not an object has none, as the
+    deployed queue reads it."""
+    body = await json_body(request)
+    return body if isinstance(body, dict) else {}
 
 
-def required_string(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if value is None or value == "":
-        raise Refused(400, {"success": False, "error": f"{name} required"})
-    if not isinstance(value, str):
-        raise invalid(f"{name}: must be a string")
-    return value
+def worker_id_of(fields: dict[str, Any]) -> str | None:
+    """The workerId when one is given; 422 for one that is not a string."""
+    worker_id = fields.get("workerId")
+    if not js_truthy(worker_id):
+        return None
+    if not isinstance(worker_id, str):
+        raise invalid("workerId: must be a string")
+    return worker_id
 
 
-def query_int(
-    request: Request, names: tuple[str, ...], default: int | None, minimum: int
-) -> int | None:
-    for name in names:
-        text = request.query_params.get(name)
-        if text is None:
-            continue
-        try:
-            value = int(text)
-        except ValueError:
-            raise invalid(f"{name}: not an integer") from None
-        if not minimum <= value <= MAX_SAFE_INTEGER:
-            raise invalid(f"{name}: must be between {minimum} and {MAX_SAFE_INTEGER}")
-        return value
-    return default
+def message_id_of(fields: dict[str, Any]) -> str | None:
+    """The messageId when it could name a message: ids are strings, nothing else matches."""
+    message_id = fields.get("messageId")
+    return message_id if isinstance(message_id, str) and message_id else None
 
 
-def new_message(body: dict[str, Any]) -> NewMessage:
-    try:
-        posted = NewMessage.model_validate(body)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()]
-        raise invalid(problems) from exc
-    priority = posted.bot_params.priority if posted.bot_params else 0
-    if abs(priority) > MAX_SAFE_INTEGER or abs(posted.timestamp or 0) > MAX_SAFE_INTEGER:
-        raise invalid("timestamp and botParams.priority must be safe integers")
-    return posted
+def first_query_value(request: Request, name: str) -> str | None:
+    """The first value of a query parameter, as URLSearchParams.get gives it."""
+    values = request.query_params.getlist(name)
+    return values[0] if values else None
+
+
+# What parseInt skips first: JavaScript's white space and line terminators.
+JS_SPACE = (
+    " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+DIGITS = {10: set(string.digits), 16: set(string.hexdigits)}
+HUGE = 10**20  # past any bound that matters: compares as JavaScript's large values do
+
+
+def js_parse_int(text: str) -> int | None:
+    """JavaScript's parseInt(text): the integer prefix (`12.5` → 12, `0x1f` → 31), None for
+    NaN (`abc`, ``)."""
+    rest = text.lstrip(JS_SPACE)
+    sign = 1
+    if rest[:1] in {"+", "-"}:
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    base = 10
+    if rest[:2] in {"0x", "0X"}:
+        base, rest = 16, rest[2:]
+    digits = ""
+    for char in rest:
+        if char not in DIGITS[base]:
+            break
+        digits += char
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return sign * (HUGE if len(digits) > 20 else int(digits, base))
 
 
 class QueueRoutes:
@@ -401,36 +640,46 @@ class QueueRoutes:
         ]
 
     async def post_comment(self, request: Request) -> Response:
-        return JSONResponse(self.store.post_comment(new_message(await json_object(request))))
+        return JSONResponse(self.store.post_comment(Posted(await json_object(request))))
 
     async def comments_after(self, request: Request) -> Response:
-        after_ms = query_int(request, ("after", "since"), default=0, minimum=-MAX_SAFE_INTEGER)
-        limit = query_int(request, ("limit",), default=None, minimum=0)
-        return JSONResponse(self.store.comments_after(after_ms or 0, limit))
+        # `after || since || "0"`, read by parseInt: `after=abc` is NaN and matches nothing.
+        after = first_query_value(request, "after") or first_query_value(request, "since")
+        return JSONResponse(self.store.comments_after(js_parse_int(after or "0")))
 
     async def patch_eq(self, request: Request) -> Response:
         score = (await json_object(request)).get("eqScore")
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            raise invalid("eqScore: must be a number")
-        if abs(score) > MAX_SAFE_INTEGER:
-            raise invalid(f"eqScore: must be at most {MAX_SAFE_INTEGER} in size")
+        if score is not None:
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise invalid("eqScore: must be a number")
+            if abs(score) > MAX_SAFE_INTEGER:
+                raise invalid(f"eqScore: must be at most {MAX_SAFE_INTEGER} in size")
         return JSONResponse(self.store.patch_eq(request.path_params["message_id"], score))
 
     async def pending(self, request: Request) -> Response:
-        limit = query_int(request, ("limit",), default=DEFAULT_PENDING_LIMIT, minimum=0)
-        return JSONResponse(self.store.pending(limit or 0))
+        text = first_query_value(request, "limit")
+        limit = None if not text else js_parse_int(text) or 0
+        return JSONResponse(self.store.pending(limit))
 
     async def claim(self, request: Request) -> Response:
-        body = await json_object(request)
-        message_id = required_string(body, "messageId")
-        return JSONResponse(self.store.claim(message_id, required_string(body, "workerId")))
+        fields = await json_fields(request)
+        message_id = message_id_of(fields)
+        worker_id = None if message_id is None else worker_id_of(fields)
+        if message_id is None or worker_id is None:
+            raise Refused(404, {"success": False, "error": NOT_IN_PENDING_QUEUE})
+        return JSONResponse(self.store.claim(message_id, worker_id))
 
     async def claim_next(self, request: Request) -> Response:
-        worker_id = required_string(await json_object(request), "workerId")
+        worker_id = worker_id_of(await json_fields(request))
+        if worker_id is None:
+            answer = {"success": False, "message": None, "error": "workerId required"}
+            raise Refused(400, answer)
         return JSONResponse(self.store.claim_next(worker_id))
 
     async def complete(self, request: Request) -> Response:
-        message_id = required_string(await json_object(request), "messageId")
+        message_id = message_id_of(await json_fields(request))
+        if message_id is None:
+            raise Refused(404, {"success": False, "error": NOT_FOUND})
         return JSONResponse(self.store.complete(message_id))
 
     async def stats(self, request: Request) -> Response:
