@@ -65,10 +65,11 @@ from bench.common import (
     percentile,
     sim_stats,
 )
-from orchestrator.domain.job import Job
+from orchestrator.domain.job import Job, Outcome, score_job_id
 from orchestrator.domain.messages import NewMessage
 from orchestrator.errors import QueueError
 from orchestrator.site_queue import SiteQueueClient
+from orchestrator.state.ledger import Ledger
 from standins.processes import ManagedProcess
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
@@ -322,8 +323,8 @@ def take_snapshot(stack: LocalStack, queue: SiteQueueClient, posted: int) -> Sna
     replies = unclaimed = finished = active = None
     try:
         stats = queue.stats()
-        replies = max(0, int(stats["totalMessages"]) - posted)
-        unclaimed = int(stats["pending"])
+        replies = max(0, int(stats["recentMessages"]) - posted)
+        unclaimed = int(stats["pendingQueue"])
     except (QueueError, KeyError, TypeError, ValueError):
         pass
     try:
@@ -521,7 +522,37 @@ def count_outcomes(
     report["unfinished"] = len(left)
     if left:
         report["unfinished_jobs"] = unfinished_report(stack, left)
+    report.update(count_scores(ledger, ids, humans))
     return report
+
+
+def count_scores(
+    ledger: Ledger, ids: list[str], humans: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Each message's score, a job of its own: found and on the site, or lost with a reason.
+    `unscored_silently` counts what must never happen: no score on the site and no reason."""
+    scores = {job.message_id: job for job in ledger.get_many(score_job_id(i) for i in ids)}
+    on_site = {job_id for job_id, human in humans.items() if float(human.get("eqScore") or 0) > 0}
+    lost = [job for job in scores.values() if job.outcome is Outcome.SCORE_LOST]
+    silent = [
+        job_id
+        for job_id in ids
+        if job_id not in on_site
+        and not (
+            (job := scores.get(job_id)) is not None
+            and job.state.finished
+            and (job.reason or (job.outcome is Outcome.SCORED and not job.score))
+        )
+    ]
+    return {
+        "scored": len(on_site),
+        "scores_lost": len(lost),
+        "scores_lost_reasons": dict(
+            Counter(short_reason(job.reason or "") for job in lost).most_common(5)
+        ),
+        "unscored_silently": len(silent),
+        "unscored_examples": silent[:10],
+    }
 
 
 def short_reason(reason: str) -> str:
@@ -588,7 +619,7 @@ def run_chaos(
         try:
             gave_up = wait_finished(
                 stack,
-                ids,
+                [*ids, *(score_job_id(job_id) for job_id in ids)],
                 poster,
                 chaos,
                 whole_schedule=whole_schedule,

@@ -6,10 +6,12 @@ The system runs with three zero-latency simulated servers (4 slots each). The fl
 Celery pipelines on the same Celery settings (bench/floor_app.py): the driver sends each message's
 task to a server queue, whose worker sends one task to a control queue (8 threads, as control).
 The HTTP floor adds exactly the HTTP exchanges the contract and Ollama require, against the same
-stand-ins: the driver claims each message on the local queue (claim-next) before sending its
-task; one worker per simulated server (threads: its slots) makes the two chats (the reply and
-the EQ score, requests like the system's) against it; the control hop posts the reply,
-completes the message and PATCHes its eqScore. It is the ceiling our design cannot beat here.
+stand-ins, for each of a message's two jobs as the system runs them: the driver claims each
+message on the local queue (claim-next), then sends its reply's task and its score's task to
+server queues; one worker per simulated server (threads: its slots) makes that job's chat
+(requests built by the system's own builders); the reply's control hop posts the reply and
+completes the message, the score's PATCHes its eqScore. It is the ceiling our design cannot
+beat here.
 
 CPU is user + system time from /proc/<pid>/stat (with any child processes), read before and
 after each sustained-rate phase: for the system, the bridge, the server workers and control (not
@@ -20,8 +22,8 @@ Prints one JSON object as its last line:
   messages_per_s        sustained rate claim → reply posted → completed, zero-latency servers
   celery_floor_per_s    bare two-hop Celery pipeline of no-op tasks (one server worker, 4 threads)
   ratio_to_floor        messages_per_s / celery_floor_per_s
-  http_floor_per_s      the two hops with their HTTP exchanges: claim-next, two chats, reply,
-                        complete, PATCH eqScore
+  http_floor_per_s      the hops of both jobs with their HTTP exchanges: claim-next, two
+                        chats, reply, complete, PATCH eqScore
   ratio_to_http_floor   messages_per_s / http_floor_per_s
   cpu_ms_per_message    CPU of our processes per message in the sustained phase (and by process)
   http_floor_cpu_ms_per_message   the same for the HTTP floor's processes (and by process)
@@ -59,9 +61,11 @@ from bench.common import (
     chat_message,
     percentile,
 )
-from orchestrator.domain.entities import Entity, EntityCatalog, load_entities
-from orchestrator.domain.messages import Message, NewMessage, reply_id_for
-from orchestrator.domain.prompts import build_eq_request, chat_options
+from orchestrator.domain.entities import Entity, EntityCatalog
+from orchestrator.domain.messages import Message, NewMessage
+from orchestrator.domain.prompts import build_chat_request, build_eq_request
+from orchestrator.domain.replies import build_reply
+from orchestrator.entity_folder import load_entities
 from orchestrator.settings import Settings
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis
@@ -76,6 +80,7 @@ MODELS = [LLAMA, QWEN]
 CONTROL_THREADS: int = Settings.model_fields["control_concurrency"].default
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRIVER_ID = "floor-driver"
+JOBS_PER_MESSAGE = 2  # a reply and a score, each its own two hops
 
 
 def message(index: int, prefix: str) -> NewMessage:
@@ -333,54 +338,25 @@ class FloorStack(LocalStack):
 
 class FloorJobs:
     """What the driver sends for a claimed message: the reply's fields and the two Ollama
-    request bodies, built as the system builds them (system prompt, history turns, the message,
-    the entity's options; the scorer's prompt and options for the EQ score)."""
+    request bodies, built by the system's own request builders."""
 
     def __init__(self, entities: EntityCatalog, scorer_id: str) -> None:
         self.entities = entities
         scorer = entities.get(scorer_id)
         assert scorer is not None
-        template = Message(id="t", timestamp=0, text="", username="")
-        eq = build_eq_request(scorer, template)
-        self.eq_system = [turn.model_dump() for turn in eq.messages if turn.role == "system"]
-        self.eq_head = {"model": eq.model, "stream": False, "options": eq.options}
-        self.options = {entity.id: chat_options(entity) for entity in entities}
+        self.scorer = scorer
 
     def job(self, raw: dict[str, Any]) -> dict[str, Any]:
-        params = raw.get("botParams") or {}
-        entity: Entity | None = self.entities.get(str(params.get("entity")))
+        message = Message.model_validate(raw)
+        params = message.bot_params
+        entity: Entity | None = self.entities.get(str(params.entity if params else None))
         assert entity is not None
-        humans = {raw["username"], params.get("humanUsername")}
-        history = []
-        for line in (raw.get("context") or [])[-entity.nom :] if entity.nom else []:
-            speaker, _, said = line.partition(": ")
-            history.append({"role": "user" if speaker in humans else "assistant", "content": said})
-        turn = {"role": "user", "content": raw["text"]}
-        system = (
-            [{"role": "system", "content": entity.system_prompt}] if entity.system_prompt else []
-        )
+        chat = build_chat_request(entity, message, self.entities.global_settings)
         return {
-            "id": raw["id"],
-            "chat": {
-                "model": entity.model,
-                "messages": [*system, *history, turn],
-                "stream": False,
-                "options": self.options[entity.id],
-            },
-            "eq": {**self.eq_head, "messages": [*self.eq_system, turn]},
-            "reply": {
-                "id": reply_id_for(raw["id"]),
-                "username": entity.username,
-                "color": entity.color,
-                "domain": raw.get("domain"),
-                "message-type": "AI",
-                "replyTo": raw["id"],
-                "botParams": {
-                    "entity": entity.id,
-                    "humanUsername": params.get("humanUsername") or raw["username"],
-                    "humanColor": params.get("humanColor") or raw.get("color"),
-                },
-            },
+            "id": message.id,
+            "chat": chat.ollama_body(),
+            "eq": build_eq_request(self.scorer, message).ollama_body(),
+            "reply": build_reply(entity, message, "").wire(),
         }
 
 
@@ -403,15 +379,17 @@ def http_floor(count: int) -> tuple[float, dict[str, float], dict[str, float]]:
                         claimed = queue.claim_next(DRIVER_ID)
                         if claimed.message is None:
                             raise RuntimeError(f"claim-next found nothing: {claimed.reason}")
-                        app.send_task(
-                            "bench.http_server",
-                            args=[jobs.job(claimed.message)],
-                            queue=queues[index % len(queues)],
-                            producer=producer,
-                        )
+                        job = jobs.job(claimed.message)
+                        for offset, task in enumerate(("bench.http_reply", "bench.http_score")):
+                            app.send_task(
+                                task,
+                                args=[job],
+                                queue=queues[(2 * index + offset) % len(queues)],
+                                producer=producer,
+                            )
                 driver_cpu = time.process_time() - cpu_before
                 wait_for(
-                    lambda: done_count(stack.redis) >= messages,
+                    lambda: done_count(stack.redis) >= JOBS_PER_MESSAGE * messages,
                     timeout_s,
                     interval=0.005,
                     what=f"{prefix}: {messages} messages through the HTTP floor",
@@ -431,9 +409,9 @@ def http_floor(count: int) -> tuple[float, dict[str, float], dict[str, float]]:
             others.start()
             elapsed, driver_cpu = run("floor", count, 600)
             cpu, other_cpu = {"driver": driver_cpu, **ours.stop()}, others.stop()
-        stats = queue.stats()
-        if stats["pending"] or stats["processing"]:
-            raise RuntimeError(f"HTTP floor left messages on the queue: {stats}")
+        left = queue.pending()
+        if left:
+            raise RuntimeError(f"HTTP floor left {len(left)} messages pending on the queue")
     return count / elapsed, cpu, other_cpu
 
 

@@ -44,10 +44,10 @@ from bench.common import (
     percentile,
     sim_stats,
 )
-from orchestrator.domain.entities import load_entities
 from orchestrator.domain.job import Job
 from orchestrator.domain.messages import NewMessage
 from orchestrator.domain.routing import choose_server
+from orchestrator.entity_folder import load_entities
 from orchestrator.state.fleet import Fleet
 from standins import SAMPLE_ENTITIES_DIR
 from standins.simulator import SimServerSpec

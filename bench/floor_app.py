@@ -2,11 +2,13 @@
 beat: a task on a server queue whose worker sends one task to a control queue.
 
   bench.hop_server → bench.hop_control      no-op tasks: Celery and Redis alone
-  bench.http_server → bench.http_control    the same two hops with the HTTP exchanges the
-      contract and Ollama require and nothing else: the server hop makes the two chats (the
-      reply and the EQ score) against its Ollama (`OLLAMA_CLOUD_OLLAMA_URL`); the control hop
-      posts the reply, completes the message and PATCHes its eqScore on the site queue
-      (`OLLAMA_CLOUD_QUEUE_URL`). One client of each kind per worker process, kept alive.
+  bench.http_reply → bench.http_post        the same two hops with the HTTP exchanges the
+  bench.http_score → bench.http_patch       contract and Ollama require and nothing else, for
+      each of a message's two jobs: the reply's server hop makes its chat against its Ollama
+      (`OLLAMA_CLOUD_OLLAMA_URL`) and its control hop posts the reply and completes the
+      message on the site queue (`OLLAMA_CLOUD_QUEUE_URL`); the score's server hop makes the
+      scorer's chat and its control hop PATCHes the eqScore. One client of each kind per
+      worker process, kept alive. Each control hop counts one job done.
 
 Workers run it as `celery -A bench.floor_app worker -Q <queue>` with the project root on the path.
 """
@@ -91,23 +93,36 @@ def chat(body: dict[str, Any]) -> str:
     return str(answer.json()["message"]["content"])
 
 
-@app.task(name="bench.http_server", acks_late=True, ignore_result=True)
-def http_server(job: dict[str, Any]) -> None:
-    """`job`: the message's id, its reply's fields, and the two Ollama request bodies."""
+@app.task(name="bench.http_reply", acks_late=True, ignore_result=True)
+def http_reply(job: dict[str, Any]) -> None:
+    """`job`: the message's id, its reply's fields and the reply's Ollama request body."""
     text = chat(job["chat"])
-    score = chat(job["eq"])
     app.send_task(
-        "bench.http_control",
-        args=[{"id": job["id"], "reply": {**job["reply"], "text": text}, "score": score}],
+        "bench.http_post",
+        args=[{"id": job["id"], "reply": {**job["reply"], "text": text}}],
         queue=CONTROL_QUEUE,
     )
 
 
-@app.task(name="bench.http_control", acks_late=True, ignore_result=True)
-def http_control(result: dict[str, Any]) -> None:
+@app.task(name="bench.http_score", acks_late=True, ignore_result=True)
+def http_score(job: dict[str, Any]) -> None:
+    """`job`: the message's id and the scorer's Ollama request body."""
+    answer = chat(job["eq"])
+    app.send_task(
+        "bench.http_patch", args=[{"id": job["id"], "score": answer}], queue=CONTROL_QUEUE
+    )
+
+
+@app.task(name="bench.http_post", acks_late=True, ignore_result=True)
+def http_post(result: dict[str, Any]) -> None:
     queue = _queue()
     queue.post_comment(result["reply"])
     queue.complete(result["id"])
+    _redis().incr(DONE_KEY)
+
+
+@app.task(name="bench.http_patch", acks_late=True, ignore_result=True)
+def http_patch(result: dict[str, Any]) -> None:
     found = SCORE.search(result["score"])
-    queue.patch_eq(result["id"], int(found.group(1)) if found else 0)
+    _queue().patch_eq(result["id"], int(found.group(1)) if found else 0)
     _redis().incr(DONE_KEY)

@@ -11,7 +11,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from orchestrator.domain.entities import EntityCatalog, load_entities
+from orchestrator.entity_folder import EntityFolder
 from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.fleet import Fleet
@@ -80,13 +80,12 @@ class Services:
     ledger: Ledger
     fleet: Fleet
     queue: SiteQueueClient
-    entities: EntityCatalog
+    entities: EntityFolder  # read again when its files change
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         state = State.from_settings(settings)
-        entities = load_entities(settings.entities_dir)
-        log.info("loaded %d entities from %s", len(entities), settings.entities_dir)
+        entities = EntityFolder(settings.entities_dir)
         return cls(
             settings=settings,
             redis=state.redis,

@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.domain.job import Outcome
+from orchestrator.domain.job import JobKind, Outcome
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.domain.servers import ServerView
 from orchestrator.site_queue import SiteQueueClient
@@ -60,18 +60,26 @@ class Progress:
     """What the fleet has done so far, read from the ledger."""
 
     posted: list[str] = field(default_factory=list)
-    finished: dict[str, dict[str, str]] = field(default_factory=dict)
-    last_score: float = 0.0
+    finished: dict[str, dict[str, str]] = field(default_factory=dict)  # replies, by message
+    scored: int = 0  # messages whose score was found
+    scores_lost: int = 0  # messages whose score could not be had
+    seen: set[str] = field(default_factory=set)  # finished jobs already counted
+    last_score: float = 0.0  # the latest finish time read
 
     def refresh(self, stack: LocalStack) -> None:
         fresh = [
             (job_id, at)
             for job_id, at in stack.ledger.finished_since(self.last_score)
-            if job_id not in self.finished
+            if job_id not in self.seen
         ]
+        self.seen.update(job_id for job_id, _ in fresh)
         if not fresh:
             return
         for job in stack.ledger.get_many(job_id for job_id, _ in fresh):
+            if job.kind is not JobKind.REPLY:
+                self.scored += job.outcome is Outcome.SCORED
+                self.scores_lost += job.outcome is Outcome.SCORE_LOST
+                continue
             finished_at = job.finished_at or 0.0
             self.finished[job.id] = {
                 "server_id": job.server_id or "-",
@@ -79,6 +87,11 @@ class Progress:
                 "latency_ms": f"{(finished_at - job.claimed_at) * 1000:.0f}",
             }
         self.last_score = max(at for _, at in fresh)
+
+    def done(self, messages: int) -> bool:
+        """Every message replied to (or given up) and scored (or its score lost)."""
+        scores = self.scored + self.scores_lost
+        return len(self.finished) >= messages and scores >= messages
 
     def outcomes(self) -> Counter[str]:
         return Counter(entry["outcome"] for entry in self.finished.values())
@@ -121,6 +134,9 @@ def summary_table(progress: Progress, elapsed_s: float) -> Table:
     for outcome in (Outcome.ANSWERED, Outcome.SKIPPED, Outcome.REJECTED, Outcome.DEAD):
         table.add_row(outcome, str(outcomes.get(outcome, 0)))
     table.add_row("in progress", str(len(progress.posted) - len(progress.finished)))
+    table.add_row("scored (EQ)", str(progress.scored))
+    if progress.scores_lost:
+        table.add_row("scores lost", str(progress.scores_lost))
     table.add_row("latency p50 (claim → reply)", f"{statistics.median(latencies):.0f} ms")
     table.add_row("latency max", f"{latencies[-1]:.0f} ms")
     table.add_row("elapsed", f"{elapsed_s:.1f} s")
@@ -177,7 +193,7 @@ def run_demo(messages: int | None, rate: float, timeout: float) -> int:
                         summary_table(progress, now - started), fleet_table(stack.fleet(), progress)
                     )
                 )
-                if messages is not None and len(progress.finished) >= messages:
+                if messages is not None and progress.done(messages):
                     break
                 if messages is not None and now - started > timeout:
                     console.print(f"[red]timed out after {timeout:.0f}s[/red]")
@@ -211,4 +227,5 @@ def report(progress: Progress, counts: Counter[str]) -> int:
     console.print(
         "per server: " + ", ".join(f"{name} {count}" for name, count in sorted(per_server.items()))
     )
+    console.print(f"scored: {progress.scored}; scores lost: {progress.scores_lost}")
     return 0 if once == len(progress.posted) else 1

@@ -21,6 +21,13 @@ class PromptServer(uvicorn.Server):
         super().__init__(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._told = asyncio.Event()
+        self.serving = threading.Event()  # set once it listens, or once it gave up starting
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.serving.set()
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -92,11 +99,9 @@ class ThreadedServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {self.port} did not start")
-            time.sleep(0.01)
+        self.server.serving.wait(timeout)
+        if not self.server.started:
+            raise RuntimeError(f"server on port {self.port} did not start")
 
     def stop(self) -> None:
         self.server.exit_soon()

@@ -117,6 +117,12 @@ class LocalStack:
         return f"http://{spec.host}:{spec.port}"
 
     @property
+    def jobs_per_message(self) -> int:
+        """A reply's job, and a score's unless scoring is off."""
+        setting = self.extra_env.get(f"{ENV_PREFIX}EQ_ENABLED", "true").strip().lower()
+        return 1 if setting in {"0", "false", "no", "off"} else 2
+
+    @property
     def state(self) -> State:
         """Redis, the ledger and the fleet registry of this stack's fleet."""
         if self._state is None:
@@ -287,13 +293,15 @@ class LocalStack:
 
 
 def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
-    """Wait until `expected` jobs have finished in the ledger."""
+    """Wait until the jobs of `expected` messages have finished in the ledger (each message's
+    reply, and its score when the stack scores messages)."""
+    jobs = expected * stack.jobs_per_message
 
     def finished() -> bool:
         stack.check_alive()
-        return stack.ledger.finished_count() >= expected
+        return stack.ledger.finished_count() >= jobs
 
-    wait_for(finished, timeout, interval=0.05, what=f"{expected} jobs finished")
+    wait_for(finished, timeout, interval=0.05, what=f"{jobs} jobs of {expected} messages finished")
 
 
 def stop_on_sigterm() -> None:

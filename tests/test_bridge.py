@@ -14,9 +14,10 @@ import pytest
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
 from orchestrator.control.sweep import purge_returned, queued_attempt
+from orchestrator.domain.job import Outcome, score_job_id
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import Reservation
+from orchestrator.state.ledger import Claim, Reservation
 from standins import SAMPLE_ENTITIES_DIR
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
@@ -64,17 +65,28 @@ def queue_db(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     store.close()
 
 
-@pytest.fixture
-def bridge(redis_url: str, queue_db: tuple[str, Path]) -> Iterator[Bridge]:
+def bridge_of(redis_url: str, queue_url: str, *, eq_enabled: bool) -> Iterator[Bridge]:
     settings = Settings(
         redis_url=redis_url,
-        queue_url=queue_db[0],
+        queue_url=queue_url,
         entities_dir=SAMPLE_ENTITIES_DIR,
         bridge_id="bridge-test",
+        eq_enabled=eq_enabled,
     )
     services = Services.build(settings)
     yield Bridge(services, make_app(settings))
     services.close()
+
+
+@pytest.fixture
+def bridge(redis_url: str, queue_db: tuple[str, Path]) -> Iterator[Bridge]:
+    """A bridge that does not score messages: one job per message, to follow its placing."""
+    yield from bridge_of(redis_url, queue_db[0], eq_enabled=False)
+
+
+@pytest.fixture
+def scoring_bridge(redis_url: str, queue_db: tuple[str, Path]) -> Iterator[Bridge]:
+    yield from bridge_of(redis_url, queue_db[0], eq_enabled=True)
 
 
 def insert_rows(db_path: Path, rows: list[dict[str, Any]]) -> None:
@@ -103,8 +115,9 @@ def statuses(db_path: Path) -> dict[str, str | None]:
 
 
 def test_hostile_messages_are_completed_with_a_recorded_reason(
-    bridge: Bridge, queue_db: tuple[str, Path]
+    scoring_bridge: Bridge, queue_db: tuple[str, Path]
 ) -> None:
+    bridge = scoring_bridge
     _, db_path = queue_db
     insert_rows(
         db_path, [hostile_row(message_id, fields) for message_id, fields in HOSTILE.items()]
@@ -127,7 +140,23 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
     assert jobs["no-server-has-model"].state is JobState.DEAD
     assert "qwen2.5:7b" in (jobs["no-server-has-model"].reason or "")
     assert jobs["huge-text"].state is JobState.DEAD
-    assert bridge.services.redis.llen(bridge.services.keys.dead_letters) == 2
+    # Each message's score is a job of its own: none is left running, and none vanishes.
+    scores = {
+        job.message_id: job
+        for job in bridge.services.ledger.get_many(score_job_id(m) for m in HOSTILE)
+    }
+    assert set(scores) == set(HOSTILE)
+    for message_id in ("no-text", "text-not-string", "context-not-list", "timestamp-string"):
+        assert scores[message_id].outcome is Outcome.REJECTED, message_id  # nothing to score
+    for message_id in ("unknown-entity", "no-server-has-model", "huge-text"):
+        lost = scores[message_id]  # its text could be scored, but no server has the scorer's
+        assert (lost.state, lost.outcome) == (JobState.DEAD, Outcome.SCORE_LOST), message_id
+        assert "llama3.2:3b (entity eq-score)" in (lost.reason or "")
+    dead = bridge.services.ledger.dead_job_ids()
+    assert sorted(dead) == sorted(
+        ["no-server-has-model", "huge-text"]
+        + [score_job_id(m) for m, job in scores.items() if job.state is JobState.DEAD]
+    )
 
 
 def test_a_message_without_an_id_is_counted_and_skipped(bridge: Bridge) -> None:
@@ -138,7 +167,10 @@ def test_a_message_without_an_id_is_counted_and_skipped(bridge: Bridge) -> None:
 
 def test_a_message_claimed_twice_is_left_to_its_first_job(bridge: Bridge) -> None:
     raw = hostile_row("twice", {"text": "hi", "username": "ada", "timestamp": 1})
-    assert bridge.services.ledger.record_claim("twice", raw, "bridge-test", 60)
+    assert (
+        bridge.services.ledger.record_claim("twice", raw, "bridge-test", 60, scored=False)
+        is Claim.WRITTEN
+    )
     bridge.take(raw, [])
     job = bridge.services.ledger.get("twice")
     assert job is not None
@@ -170,7 +202,10 @@ def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bri
     services = bridge.services
     for job_id, attempt, server in (("moved", 2, "mac-2"), ("current", 1, "mac-9")):
         raw = hostile_row(job_id, {"text": "hi", "username": "ada", "timestamp": 1})
-        assert services.ledger.record_claim(job_id, raw, "bridge-test", 60)
+        assert (
+            services.ledger.record_claim(job_id, raw, "bridge-test", 60, scored=False)
+            is Claim.WRITTEN
+        )
         taken = services.ledger.reserve(
             job_id,
             server,
@@ -187,7 +222,7 @@ def test_a_returning_server_s_queue_is_purged_of_attempts_that_moved(bridge: Bri
             job_id=job_id,
             attempt=1,
             server_id="mac-9",
-            reply=ChatRequest(model="llama3.2:3b", messages=[]),
+            request=ChatRequest(model="llama3.2:3b", messages=[]),
             dispatched_at=time.time(),
         )
         payload = [job.model_dump(mode="json")]

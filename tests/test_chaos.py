@@ -57,4 +57,5 @@ def test_chaos_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     assert report["over_capacity"] == 0, summary
     assert report["unexplained_dead_letters"] == 0, summary
     assert report["crashes"] == 0, summary
+    assert report["unscored_silently"] == 0, summary
     shutil.rmtree(work_dir, ignore_errors=True)

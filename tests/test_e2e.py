@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.domain.entities import load_entities
 from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.entity_folder import load_entities
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.ledger import Ledger
 from standins import SAMPLE_ENTITIES_DIR

@@ -23,7 +23,7 @@ from orchestrator.ops.jobs import DROP_OUTCOME, DROP_REASON
 from orchestrator.services import connect_redis
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.fleet import Fleet
-from orchestrator.state.ledger import Ledger, Reservation
+from orchestrator.state.ledger import Claim, Ledger, Reservation
 from standins.embedded_redis import free_port
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
@@ -79,7 +79,10 @@ def raw_message(job_id: str, text: str = "hello") -> dict[str, Any]:
 
 
 def claim(ledger: Ledger, job_id: str, deadline_s: float = 60, text: str = "hello") -> None:
-    assert ledger.record_claim(job_id, raw_message(job_id, text), BRIDGE, deadline_s)
+    assert (
+        ledger.record_claim(job_id, raw_message(job_id, text), BRIDGE, deadline_s, scored=False)
+        is Claim.WRITTEN
+    )
     assert ledger.mark_waiting(job_id, BRIDGE, entity=ENTITY, model=MODEL, priority=5)
 
 
@@ -310,7 +313,7 @@ def test_drop_frees_a_dispatched_jobs_slot_and_completes_it_on_the_site(
 ) -> None:
     queue_url, db_path = site
     message = claimed_on_site(queue_url, "stuck")
-    assert ledger.record_claim("stuck", message, BRIDGE, 60)
+    assert ledger.record_claim("stuck", message, BRIDGE, 60, scored=False) is Claim.WRITTEN
     assert ledger.mark_waiting("stuck", BRIDGE, entity=ENTITY, model=MODEL, priority=5)
     dispatch(ledger, "stuck", "mac-1", 1)
     fleet = Fleet(ledger.redis, ledger.keys)

@@ -116,7 +116,7 @@ def test_the_contract_imports_neither_side() -> None:
 # The key builders of a job's record, its indexes and its once-guards.
 JOB_KEYS = {
     "job", "job_prefix", "active_jobs", "retry_jobs", "dead_letters", "finished_jobs",
-    "once_reply", "once_reply_prefix", "once_eq", "once_eq_prefix",
+    "once_eq", "once_eq_prefix",
 }  # fmt: skip
 JOB_KEY_OWNERS = {
     "orchestrator/state/ledger.py",  # the ledger

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.domain.entities import Entity
+from orchestrator.domain.entities import Entity, GlobalSettings
 from orchestrator.domain.messages import Message
 from orchestrator.domain.replies import build_reply, parse_eq_score, post_process, reply_identity
 
@@ -37,6 +37,9 @@ def message(**params: Any) -> Message:
     return Message.model_validate(fields)
 
 
+TRIMMED = ENTITY.model_copy(update={"trim_whitespace": True})
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -56,7 +59,21 @@ def message(**params: Any) -> Message:
     ],
 )
 def test_post_process(text: str, expected: str | None) -> None:
-    assert post_process(text, ENTITY) == expected
+    assert post_process(text, TRIMMED) == expected
+
+
+def test_whitespace_stays_unless_the_entity_trims_it() -> None:
+    assert post_process("  padded \n", ENTITY) == "  padded \n"
+    assert post_process(" One ### two", ENTITY) == " One "
+    assert post_process(" \n ", ENTITY) is None  # nothing visible: not posted
+
+
+def test_global_filters_and_markers_apply_after_the_entitys() -> None:
+    settings = GlobalSettings.model_validate(
+        {"globalFilterOut": ["Me:", "AI:"], "globalTrimAfter": ["Human:", "*"]}
+    )
+    assert post_process("AI: Me: calm *waves* Human: x", TRIMMED, settings) == "calm"
+    assert post_process("TheEternal: hi ### Human:", TRIMMED, settings) == "hi"
 
 
 @pytest.mark.parametrize(
@@ -68,10 +85,13 @@ def test_post_process(text: str, expected: str | None) -> None:
         ("The score is 42.", 42),
         ("I give it a score of 7", 7),
         ("I'd say 55/100", 55),
+        ("Score: [85]", 85),
+        ("SCORE: [ 9 ]", 9),
         ("Score: 150", 0),  # out of range: not trusted
         ("Score: -5", 0),
-        ("-5 or maybe 30", 30),
-        ("about 250, no, 80", 80),
+        ("-5 or maybe 30", 5),  # the first number of one to three digits
+        ("about 250, no, 80", 0),  # the first number is over 100: it scores 0
+        ("in 2024 I'd say 44", 44),  # four digits are not a score
         ("Score: 72.6", 73),
         ("score of 12 but Score: 90", 90),  # `Score: N` comes first
         ("Score: 0", 0),

@@ -254,16 +254,22 @@ def test_claim_next_passes_a_malformed_message_through_raw(local_queue: tuple[st
 
 
 def test_extra_fields_come_through_claim_next(local_queue: tuple[str, Path]) -> None:
-    url, _ = local_queue
-    posted = {
+    """The site stores a fixed set of fields today; fields it may add later come through."""
+    url, db_path = local_queue
+    stored = {
         "id": "extra-1",
+        "timestamp": 1,
         "text": "hello",
         "username": "Alice",
         "sparkle": {"deep": [1, 2, None]},
-        "botParams": {"entity": "the-eternal", "mood": "curious"},
+        "botParams": {"entity": "the-eternal", "status": "pending", "mood": "curious"},
     }
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "INSERT INTO messages (id, timestamp, status, priority, body) VALUES (?, 1, ?, 5, ?)",
+            ("extra-1", "pending", json.dumps(stored)),
+        )
     with SiteQueueClient(url) as queue:
-        queue.post_comment(posted)
         claimed = queue.claim_next("bridge-1")
     assert claimed.message is not None
     assert claimed.message["sparkle"] == {"deep": [1, 2, None]}

@@ -44,6 +44,13 @@ def main_url(shared: SimulatorFleet) -> str:
     return shared.urls["main"]
 
 
+@pytest.fixture(scope="module")
+def main_client(shared: SimulatorFleet) -> Iterator[httpx.Client]:
+    """One kept-alive client for the many requests of a property test."""
+    with httpx.Client(base_url=shared.urls["main"], timeout=10) as client:
+        yield client
+
+
 @pytest.fixture
 def start_fleet() -> Iterator[StartFleet]:
     """Starts a private fleet for a test that counts or changes state; stops it afterwards."""
@@ -511,8 +518,10 @@ request_fields = st.fixed_dictionaries(
     path=st.sampled_from(["/api/chat", "/api/generate", "/v1/chat/completions"]),
     body=request_fields | json_values,
 )
-def test_random_bodies_never_get_a_server_error(main_url: str, path: str, body: Any) -> None:
-    answer = httpx.post(f"{main_url}{path}", json=body, timeout=10)
+def test_random_bodies_never_get_a_server_error(
+    main_client: httpx.Client, path: str, body: Any
+) -> None:
+    answer = main_client.post(path, json=body)
     assert answer.status_code < 500, answer.text
 
 

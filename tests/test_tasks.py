@@ -20,12 +20,12 @@ from celery.worker import WorkController
 
 from orchestrator.bridge import Bridge
 from orchestrator.control.tasks import register as register_control
-from orchestrator.domain.job import Outcome
+from orchestrator.domain.job import JobKind, Outcome, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.services import Services, close_process_services
 from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
-from orchestrator.state.ledger import Reservation
+from orchestrator.state.ledger import Claim, Reservation
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis
 from standins.http_server import ThreadedServer
@@ -167,14 +167,25 @@ def finished(services: Services, job_id: str) -> bool:
     return job is not None and job.state.finished
 
 
-def test_a_message_goes_from_claim_to_one_reply_through_the_tasks(
+def test_a_message_goes_from_claim_to_one_reply_and_one_score_through_the_tasks(
     app: Celery, worker: WorkController, services: Services, site: SiteQueueClient
 ) -> None:
     wait_for(lambda: any(s.online for s in services.fleet.read()), 10, what="the heartbeat")
     site.post_comment(message("m-1"))
     bridge = Bridge(services, app)
-    wait_for(lambda: bridge.step() or finished(services, "m-1"), 10, what="a claim")
-    wait_for(lambda: finished(services, "m-1"), 20, what="the delivery")
+
+    def both_finished() -> bool:
+        bridge.step()  # the one slot takes the reply, then the score
+        return finished(services, "m-1") and finished(services, score_job_id("m-1"))
+
+    wait_for(both_finished, 20, what="the reply and the score")
+    score = services.ledger.get(score_job_id("m-1"))
+    assert score is not None
+    assert (score.kind, score.outcome, score.server_id) == (JobKind.SCORE, Outcome.SCORED, SERVER)
+    assert score.score is not None and 1 <= score.score <= 100
+    [scored] = [c for c in site.comments_after(0) if c["id"] == "m-1"]
+    assert scored["eqScore"] == score.score
+    assert site.stats()["globalScore"] == score.score
     job = services.ledger.get("m-1")
     assert job is not None
     assert (job.state, job.outcome, job.server_id, job.attempt) == (
@@ -191,7 +202,7 @@ def test_a_message_goes_from_claim_to_one_reply_through_the_tasks(
 def dispatched_job(services: Services, job_id: str, attempt: int) -> None:
     """A job the bridge placed on the server as `attempt`."""
     raw = message(job_id).wire() | {"timestamp": 1}
-    assert services.ledger.record_claim(job_id, raw, BRIDGE, 60)
+    assert services.ledger.record_claim(job_id, raw, BRIDGE, 60, scored=False) is Claim.WRITTEN
     taken = services.ledger.reserve(
         job_id, SERVER, 4, attempt=attempt, entity="the-eternal", model=MODEL, priority=5,
         bridge_id=BRIDGE,
@@ -202,7 +213,7 @@ def dispatched_job(services: Services, job_id: str, attempt: int) -> None:
 def generate_payload(job_id: str, attempt: int) -> dict[str, Any]:
     request = ChatRequest(model=MODEL, messages=[ChatTurn(role="user", content="hi")])
     job = GenerateJob(
-        job_id=job_id, attempt=attempt, server_id=SERVER, reply=request, dispatched_at=time.time()
+        job_id=job_id, attempt=attempt, server_id=SERVER, request=request, dispatched_at=time.time()
     )
     return job.model_dump(mode="json")
 
@@ -240,7 +251,7 @@ def test_a_result_delivered_twice_posts_one_reply(
         "job_id": "twice",
         "attempt": 1,
         "server_id": SERVER,
-        "reply": {"ok": True, "text": "Patience is a kind of wisdom."},
+        "outcome": {"ok": True, "text": "Patience is a kind of wisdom."},
         "started_at": time.time(),
         "finished_at": time.time(),
     }

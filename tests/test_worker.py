@@ -47,7 +47,7 @@ def chat(text: str, model: str = MODEL, num_predict: int = 8) -> ChatRequest:
             ChatTurn(role="system", content="Be brief."),
             ChatTurn(role="user", content=text),
         ],
-        options={"num_predict": num_predict},
+        max_tokens=num_predict,
     )
 
 

@@ -80,35 +80,35 @@ def generate(task: Task, job_payload: dict[str, Any]) -> None:
             job_id=job.job_id,
             attempt=job.attempt,
             server_id=rt.server_id,
-            reply=ChatOutcome(ok=False, error_kind=ErrorKind.STALE),
+            outcome=ChatOutcome(ok=False, error_kind=ErrorKind.STALE),
             started_at=started_at,
             finished_at=time.time(),
             stale=True,
         )
         send_to_delivery(task, stale)
         return
-    reply = run_chat(rt, job.reply, job.job_id)
-    eq = run_chat(rt, job.eq, job.job_id) if job.eq is not None and reply.ok else None
+    outcome = run_chat(rt, job.request, job.job_id)
     finished_at = time.time()
     log.info(
         "job=%s attempt=%d server=%s generated ok=%s in %.0f ms",
         job.job_id,
         job.attempt,
         rt.server_id,
-        reply.ok,
+        outcome.ok,
         (finished_at - started_at) * 1000,
     )
     result = GenerateResult(
         job_id=job.job_id,
         attempt=job.attempt,
         server_id=rt.server_id,
-        reply=reply,
-        eq=eq,
+        outcome=outcome,
         started_at=started_at,
         finished_at=finished_at,
     )
-    keep_result(rt, result)
     send_to_delivery(task, result)
+    # Kept after it is sent, off the way to delivery: a delivery that is quicker finds the job
+    # no longer dispatched, and the guarded step keeps nothing.
+    keep_result(rt, result)
 
 
 def register(app: Celery) -> None:

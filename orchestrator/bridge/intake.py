@@ -1,5 +1,6 @@
-"""Intake: a claimed message becomes a job ready to place (its chat requests built), or is
-rejected with its reason and completed on the site without a reply."""
+"""Intake: a claimed message's jobs (its reply's, and its score's) become jobs ready to place,
+each with its chat request built, or end with their reason: a reply rejected is completed on
+the site without a reply; a score that cannot be had is a dead letter, never a silent 0."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.domain.job import Outcome
+from orchestrator.domain.job import SCORE_SUFFIX, JobKind, Outcome
 from orchestrator.domain.messages import Message
+from orchestrator.domain.model_names import model_key
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
 from orchestrator.errors import MessageGone, QueueError
 from orchestrator.services import Services
@@ -25,20 +27,20 @@ log = logging.getLogger(__name__)
 # A retry after a context overflow keeps this share of the history room, per trim.
 TRIM_FACTOR = 0.5
 REASON_CHARS = 500
+DEFAULT_EXPECTED_TOKENS = 150
 
 
 @dataclass(order=True)
 class ReadyJob:
-    """A validated job with its chat requests built, waiting for a slot."""
+    """A validated job with its chat request built, waiting for a slot."""
 
     sort_key: tuple[int, float, int]
     job_id: str = field(compare=False)
+    kind: JobKind = field(compare=False)
     entity: str = field(compare=False)
-    model: str = field(compare=False)
+    model: str = field(compare=False)  # the key servers are matched by (model_names)
     region: str = field(compare=False)
-    reply: ChatRequest = field(compare=False)
-    eq: ChatRequest | None = field(compare=False)
-    expected_tokens: int = field(compare=False, default=150)
+    request: ChatRequest = field(compare=False)
     attempt: int = field(compare=False, default=0)
     tried: tuple[str, ...] = field(compare=False, default=())
     deadline: float = field(compare=False, default=float("inf"))
@@ -47,20 +49,38 @@ class ReadyJob:
     def priority(self) -> int:
         return -self.sort_key[0]
 
+    @property
+    def expected_tokens(self) -> int:
+        return self.request.max_tokens or DEFAULT_EXPECTED_TOKENS
+
 
 class Rejection(Exception):
-    """A message that will get no reply, with the reason recorded in the ledger."""
+    """A job that will get no answer, with the reason recorded in the ledger."""
+
+    def __init__(self, reason: str, *, malformed: bool = False) -> None:
+        super().__init__(reason)
+        self.malformed = malformed  # the message itself is bad: neither reply nor score
 
 
-def eq_tokens(request: ChatRequest) -> int:
-    return int(request.options.get("num_predict") or 0)
+# How a job that gets no answer ends: (state, outcome), by its kind and whether it could have
+# been answered (`dead`) or never can be (a bad message, an unknown entity).
+UNANSWERED = {
+    (JobKind.REPLY, True): (JobState.DEAD, Outcome.DEAD),
+    (JobKind.REPLY, False): (JobState.REJECTED, Outcome.REJECTED),
+    (JobKind.SCORE, True): (JobState.DEAD, Outcome.SCORE_LOST),
+    (JobKind.SCORE, False): (JobState.REJECTED, Outcome.REJECTED),
+}
 
 
-def end_without_reply(
-    services: Services, job_id: str, state: JobState, reason: str, outcome: Outcome
+def end_unanswered(
+    services: Services, job_id: str, kind: JobKind, reason: str, *, dead: bool
 ) -> None:
-    """Record why, then complete the message on the site: it gets no reply."""
+    """Record why. A reply's message is then completed on the site: it gets no reply. A
+    score touches nothing on the site; a dead one is a dead letter, for `jobs` to show."""
+    state, outcome = UNANSWERED[(kind, dead)]
     services.ledger.finish(job_id, state, reason=reason, outcome=outcome)
+    if kind is JobKind.SCORE:
+        return
     try:
         services.queue.complete(job_id)
     except MessageGone:
@@ -75,57 +95,80 @@ class Intake:
         self.settings = services.settings
         self._order = itertools.count()  # ties of priority and age keep their arrival order
 
-    def admit(self, job_id: str, raw: dict[str, Any], *, trim: int = 0) -> ReadyJob | None:
-        """The job ready to place; None when it was rejected (recorded and completed)."""
+    def admit(
+        self, job_id: str, kind: JobKind, raw: dict[str, Any], *, trim: int = 0
+    ) -> ReadyJob | None:
+        """The job ready to place; None when it ended with its reason."""
         try:
-            return self.prepare(job_id, raw, trim=trim)
+            return self.prepare(job_id, kind, raw, trim=trim)
         except Rejection as exc:
             reason = str(exc)
+            lost_score = kind is JobKind.SCORE and not exc.malformed
         except Exception as exc:  # a message must never stop the bridge
             log.exception("job=%s could not be prepared", job_id)
             reason = f"internal error preparing the message: {exc!r}"[:REASON_CHARS]
-        log.warning("job=%s rejected: %s", job_id, reason)
-        end_without_reply(self.services, job_id, JobState.REJECTED, reason, Outcome.REJECTED)
+            lost_score = kind is JobKind.SCORE
+        if lost_score:
+            log.warning("job=%s score cannot be had: %s", job_id, reason)
+        else:
+            log.warning("job=%s rejected: %s", job_id, reason)
+        end_unanswered(self.services, job_id, kind, reason, dead=lost_score)
         return None
 
-    def prepare(self, job_id: str, raw: dict[str, Any], trim: int = 0) -> ReadyJob:
-        try:
-            json.dumps(raw, ensure_ascii=False).encode()
-        except (UnicodeEncodeError, ValueError) as exc:
-            raise Rejection(
-                f"malformed message: not valid Unicode JSON ({exc})"[:REASON_CHARS]
-            ) from exc
-        try:
-            message = Message.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-                for error in exc.errors()[:5]
-            )
-            raise Rejection(f"malformed message: {problems}") from exc
+    def prepare(self, job_id: str, kind: JobKind, raw: dict[str, Any], trim: int = 0) -> ReadyJob:
+        message = valid_message(raw)
         params = message.bot_params
-        entity_id = params.entity if params else None
-        if not entity_id:
-            raise Rejection("message names no entity")
-        entity = self.services.entities.get(entity_id)
-        if entity is None:
-            raise Rejection(f"unknown entity {entity_id!r}")
-        if not entity.enabled:
-            raise Rejection(f"entity {entity_id!r} is disabled")
-        reply = build_chat_request(entity, message, history_budget_factor=TRIM_FACTOR**trim)
-        eq = None
-        scorer = self.services.entities.get(self.settings.eq_entity)
-        if self.settings.eq_enabled and scorer is not None and scorer.enabled:
-            eq = build_eq_request(scorer, message)
+        catalog = self.services.entities.catalog()
+        if kind is JobKind.SCORE:
+            scorer = catalog.get(self.settings.eq_entity)
+            if scorer is None:
+                raise Rejection(f"no scorer: entity {self.settings.eq_entity!r} is not loaded")
+            if not scorer.enabled:
+                raise Rejection(f"no scorer: entity {scorer.id!r} is disabled")
+            entity, request = scorer, build_eq_request(scorer, message)
+        else:
+            if message.id.endswith(SCORE_SUFFIX):
+                raise Rejection(f"its id ends with {SCORE_SUFFIX!r}, which names a score's job")
+            entity_id = params.entity if params else None
+            if not entity_id:
+                raise Rejection("message names no entity")
+            found = catalog.get(entity_id)
+            if found is None:
+                raise Rejection(f"unknown entity {entity_id!r}")
+            refusal = found.refusal()
+            if refusal is not None:
+                raise Rejection(refusal)
+            entity = found
+            request = build_chat_request(
+                entity,
+                message,
+                catalog.global_settings,
+                history_budget_factor=TRIM_FACTOR**trim,
+            )
         priority = params.effective_priority if params else 5
         return ReadyJob(
             sort_key=(-priority, message.timestamp, next(self._order)),
             job_id=job_id,
+            kind=kind,
             entity=entity.id,
-            model=entity.model,
+            model=model_key(entity.model),
             region=entity.region or "",
-            reply=reply,
-            eq=eq,
-            expected_tokens=entity.max_tokens + (eq_tokens(eq) if eq else 0),
+            request=request,
             deadline=time.time() + self.settings.job_deadline_s,
         )
+
+
+def valid_message(raw: dict[str, Any]) -> Message:
+    try:
+        json.dumps(raw, ensure_ascii=False).encode()
+    except (UnicodeEncodeError, ValueError) as exc:
+        reason = f"malformed message: not valid Unicode JSON ({exc})"[:REASON_CHARS]
+        raise Rejection(reason, malformed=True) from exc
+    try:
+        return Message.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        raise Rejection(f"malformed message: {problems}", malformed=True) from exc

@@ -19,11 +19,12 @@ from celery import Celery
 
 from orchestrator.bridge.intake import Intake, ReadyJob
 from orchestrator.bridge.placement import FleetCache, Placement
-from orchestrator.domain.job import Job
+from orchestrator.domain.job import Job, JobKind, score_job_id
 from orchestrator.domain.routing import SpeedDefaults, policy_named
 from orchestrator.domain.servers import ServerView
 from orchestrator.errors import QueueError
 from orchestrator.services import Services
+from orchestrator.state.ledger import Claim
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,25 @@ class Bridge:
             log.error("bridge: claimed a message without an id; cannot complete it: %.200r", raw)
             self.services.ledger.count("no_id")
             return
-        if not self.services.ledger.record_claim(
-            job_id, raw, self.settings.bridge_id, self.settings.job_deadline_s
-        ):
+        scored = self.settings.eq_enabled
+        claim = self.services.ledger.record_claim(
+            job_id, raw, self.settings.bridge_id, self.settings.job_deadline_s, scored=scored
+        )
+        if claim is Claim.KNOWN:
             log.warning("job=%s claimed again but already in the ledger: left as it is", job_id)
             return
-        ready = self.intake.admit(job_id, raw)
-        if ready is not None:
-            self.placement.enqueue(ready, fleet)
+        if claim is Claim.SCORE_ID_TAKEN:
+            log.error("job=%s its score's job id %r is another job's: not scored", job_id,
+                      score_job_id(job_id))  # fmt: skip
+            self.services.ledger.count("score_not_scheduled")
+        kinds = (
+            [JobKind.REPLY, JobKind.SCORE] if claim is Claim.WRITTEN and scored else [JobKind.REPLY]
+        )
+        for kind in kinds:
+            kind_id = job_id if kind is JobKind.REPLY else score_job_id(job_id)
+            ready = self.intake.admit(kind_id, kind, raw)
+            if ready is not None:
+                self.placement.enqueue(ready, fleet)
 
     # Jobs the ledger holds ----------------------------------------------------------------
 
@@ -204,7 +216,7 @@ class Bridge:
     def resume(self, job: Job, fleet: list[ServerView]) -> None:
         """Place again a job the ledger holds: its attempt count, the servers it failed on, how
         far its history was cut, and its deadline carry over."""
-        ready = self.intake.admit(job.id, job.message, trim=job.trim)
+        ready = self.intake.admit(job.id, job.kind, job.message, trim=job.trim)
         if ready is None:
             return
         ready.attempt = job.attempt

@@ -10,14 +10,13 @@ import time
 
 from celery import Celery
 
-from orchestrator.bridge.intake import ReadyJob, end_without_reply
-from orchestrator.domain.job import Outcome
+from orchestrator.bridge.intake import ReadyJob, end_unanswered
+from orchestrator.domain.model_names import model_key
 from orchestrator.domain.routing import Decision, RoutingPolicy, able_servers, hosting_servers
 from orchestrator.domain.servers import ServerView
 from orchestrator.services import Services
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Reservation
-from workers.contract.job import JobState
 from workers.contract.protocol import GENERATE_TASK, GenerateJob
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,15 @@ class Placement:
         self.waiting: list[ReadyJob] = []
         self.site_backlog = 0  # messages the site queue still holds, as of the last claim
         self._planned_for: list[ServerView] | None = None
-        self.entity_models = frozenset(
-            entity.model for entity in services.entities if entity.enabled
-        )
+
+    def wanted_models(self) -> frozenset[str]:
+        """The models a claimed message may need: its entity's, and the scorer's."""
+        catalog = self.services.entities.catalog()
+        models = {model_key(model) for model in catalog.answered_models}
+        scorer = catalog.get(self.services.settings.eq_entity)
+        if self.services.settings.eq_enabled and scorer is not None and scorer.enabled:
+            models.add(model_key(scorer.model))
+        return frozenset(models)
 
     # Back-pressure ------------------------------------------------------------------------
 
@@ -80,7 +85,8 @@ class Placement:
         A policy that overfills servers claims whenever it can."""
         if not self.policy.respects_capacity:
             return True
-        usable = [server for server in fleet if server.models & self.entity_models]
+        wanted_models = self.wanted_models()
+        usable = [server for server in fleet if server.models & wanted_models]
         free_slots = sum(server.free_slots for server in usable)
         if len(self.waiting) < free_slots:
             return True
@@ -95,11 +101,11 @@ class Placement:
         """Place the job now, or keep it waiting here; dead when no online server has its
         model at all."""
         if not hosting_servers(fleet, ready.model):
-            reason = f"no online server has model {ready.model}"
+            reason = f"no online server has model {ready.request.model} (entity {ready.entity})"
             if ready.tried:
                 reason += f"; tried: {', '.join(ready.tried)}"
             log.warning("job=%s dead: %s", ready.job_id, reason)
-            end_without_reply(self.services, ready.job_id, JobState.DEAD, reason, Outcome.DEAD)
+            end_unanswered(self.services, ready.job_id, ready.kind, reason, dead=True)
             return
         if self.place(ready, fleet):
             return
@@ -212,8 +218,7 @@ class Placement:
             job_id=ready.job_id,
             attempt=attempt,
             server_id=server_id,
-            reply=ready.reply,
-            eq=ready.eq,
+            request=ready.request,
             dispatched_at=time.time(),
         )
         try:

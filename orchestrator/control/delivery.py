@@ -1,7 +1,9 @@
-"""Delivery (on `control`): a generation's result becomes exactly one reply on the site.
+"""Delivery (on `control`): a generation's result becomes exactly one reply on the site, or one
+score on its message.
 
-Order: drop if stale → free the slot → post-process → post the reply (derived id, once-guard)
-→ complete → EQ PATCH (once-guard) → record latency → the job is done.
+A reply: drop if stale → free the slot → post-process → post (the reply's id is derived from
+the message's, so the site answers `duplicate` to a second post) → complete → the job is done.
+A score: drop if stale → free the slot → parse → PATCH `eqScore` behind a once-guard → done.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import logging
 import time
 from typing import Any
 
-from orchestrator.domain.job import Attempt, Job, Outcome
+from orchestrator.domain.job import Attempt, Job, JobKind, Outcome
 from orchestrator.domain.messages import Message
 from orchestrator.domain.replies import build_reply, parse_eq_score, post_process
 from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueNotReached
 from orchestrator.services import Services
+from orchestrator.site_queue import PostResult
+from orchestrator.state.ledger import DeliveryStart
 from workers.contract.job import JobState
 from workers.contract.protocol import ErrorKind, GenerateResult
 
@@ -41,38 +45,56 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
             job.id, result.attempt, result.server_id, job.attempt, job.state.value,
         )  # fmt: skip
         return "stale"
-    if not result.reply.ok:
+    if not result.outcome.ok:
         return fail(services, job, result)
+    if job.kind is JobKind.SCORE:
+        return deliver_score(services, job, result, start)
+    return deliver_reply(services, job, result)
+
+
+def deliver_reply(services: Services, job: Job, result: GenerateResult) -> str:
     message = Message.model_validate(job.message)
-    entity = services.entities.get(job.entity or "")
+    catalog = services.entities.catalog()
+    entity = catalog.get(job.entity or "")
     if entity is None:
         reason = f"entity {job.entity!r} vanished before delivery"
         services.ledger.finish(job.id, JobState.REJECTED, reason=reason, outcome=Outcome.REJECTED)
-        complete(services, job.id)
+        complete(services, job.message_id)
         return "rejected"
-    text = post_process(result.reply.text, entity)
+    text = post_process(result.outcome.text, entity, catalog.global_settings)
     if text is None:
         outcome = Outcome.SKIPPED
         log.info("job=%s server=%s reply skipped by the entity's rules", job.id, result.server_id)
     else:
         outcome = Outcome.ANSWERED
-        if start.reply_posted:
-            log.info("job=%s reply already posted", job.id)
-        else:
-            post_reply(services, job, build_reply(entity, message, text).wire())
-    complete(services, job.id)
-    eq_applied = None
-    if result.eq is not None and result.eq.ok:
-        eq_applied = apply_eq_once(services, job, parse_eq_score(result.eq.text), start.eq_guard)
-    timings = result.reply.timings
+        post_reply(services, job, build_reply(entity, message, text).wire())
+    complete(services, job.message_id)
+    finish_delivered(services, job, result, outcome)
+    return outcome
+
+
+def deliver_score(
+    services: Services, job: Job, result: GenerateResult, start: DeliveryStart
+) -> str:
+    score = parse_eq_score(result.outcome.text)
+    applied = apply_eq_once(services, job, score, start.eq_guard)
+    finish_delivered(services, job, result, Outcome.SCORED, score=score)
+    if applied is None and score > 0:
+        return "scored (applied before)"
+    return "scored"
+
+
+def finish_delivered(
+    services: Services,
+    job: Job,
+    result: GenerateResult,
+    outcome: Outcome,
+    *,
+    score: int | None = None,
+) -> None:
+    """The job is done: the server's speed for the model and its health noted, in one step."""
     pipe = services.redis.pipeline(transaction=True)
-    if outcome is Outcome.ANSWERED:
-        services.ledger.queue_reply_posted(pipe, job.id)
-    if eq_applied is not None:
-        # Should this step not happen, the guard stays pending and a delivery again asks the
-        # site whether the score landed.
-        services.ledger.queue_eq_applied(pipe, job.id, eq_applied)
-    services.fleet.queue_latency(pipe, result.server_id, entity.model, timings)
+    services.fleet.queue_latency(pipe, result.server_id, job.model or "", result.outcome.timings)
     services.fleet.queue_success(pipe, result.server_id)
     services.ledger.queue_finish(
         pipe,
@@ -81,39 +103,39 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
         outcome=outcome,
         started_at=result.started_at,
         generated_at=result.finished_at,
+        score=score,
     )
     pipe.execute()
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(
         "job=%s attempt=%d server=%s %s in %.0f ms%s",
         job.id, result.attempt, result.server_id, outcome, elapsed_ms,
-        "" if eq_applied is None else f", EQ {eq_applied} applied",
+        "" if score is None else f": EQ {score}",
     )  # fmt: skip
-    return outcome
 
 
-def post_reply(services: Services, job: Job, reply: dict[str, Any]) -> None:
+def post_reply(services: Services, job: Job, reply: dict[str, Any]) -> PostResult:
     """Post the reply; its id is derived from the human message's, so a repeat is a duplicate."""
     answer = services.queue.post_comment(reply)
     if answer.status == "duplicate":
         log.warning("job=%s reply %s was already on the site (duplicate)", job.id, answer.id)
+    return answer
 
 
-def complete(services: Services, job_id: str) -> None:
+def complete(services: Services, message_id: str) -> None:
     try:
-        services.queue.complete(job_id)
+        services.queue.complete(message_id)
     except MessageGone:
-        log.warning("job=%s gone from the site queue before complete", job_id)
+        log.warning("job=%s gone from the site queue before complete", message_id)
 
 
 def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -> int | None:
     """PATCH adds to the site's global score every time: it must happen at most once.
 
-    A guard marks the PATCH as begun (`pending:<time>`) before it is sent and as done after
-    (the score this returns, which the caller records with the job's end). A delivery that
-    finds it pending (one that died mid-PATCH, or is still sending it) waits out the queue's
-    timeout, then asks the site whether the score landed before sending it. None when no
-    PATCH was sent."""
+    A guard marks the PATCH as begun (`pending:<time>`) before it is sent; the job's end takes
+    the guard away with it. A delivery that finds it pending (one that died mid-PATCH, or is
+    still sending it) waits out the queue's timeout, then asks the site whether the score
+    landed before sending it. Returns the score sent, None when no PATCH was sent."""
     if score <= 0:
         return None
     ledger = services.ledger
@@ -136,7 +158,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
     # On any error but these, the PATCH may have landed: the guard stays pending, and the
     # task's retry asks the site.
     try:
-        services.queue.patch_eq(job.id, score)
+        services.queue.patch_eq(job.message_id, score)
     except MessageGone:
         log.warning("job=%s gone from the site queue before EQ", job.id)
         ledger.set_eq_guard(job.id, "gone")
@@ -145,7 +167,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
         # Nothing reached the queue: lift the guard so the task's retry may apply it.
         ledger.lift_eq_guard(job.id)
         raise
-    return score  # logged with the delivery's own line
+    return score
 
 
 def site_eq_score(services: Services, job: Job) -> float | None:
@@ -153,7 +175,7 @@ def site_eq_score(services: Services, job: Job) -> float | None:
     timestamp = job.message.get("timestamp")
     after = int(timestamp) - 1 if isinstance(timestamp, int | float) else 0
     for message in services.queue.comments_after(after):
-        if message.get("id") == job.id:
+        if message.get("id") == job.message_id:
             value = message.get("eqScore") or 0
             return float(value) if isinstance(value, int | float) else 0.0
     return None
@@ -161,7 +183,7 @@ def site_eq_score(services: Services, job: Job) -> float | None:
 
 def fail(services: Services, job: Job, result: GenerateResult) -> str:
     """A generation that failed: try another server after a short backoff, or give up."""
-    error = result.reply
+    error = result.outcome
     kind = error.error_kind or ErrorKind.OLLAMA_ERROR
     failed = Attempt(
         attempt=result.attempt, server_id=result.server_id, error_kind=kind, error=error.error
@@ -177,7 +199,7 @@ def fail(services: Services, job: Job, result: GenerateResult) -> str:
     trim = job.trim
     backoff = 0.0
     if not kind.counts_against_attempts:
-        if job.trim >= 1:
+        if job.trim >= 1 or job.kind is JobKind.SCORE:
             reason = f"context too long even with the history cut: {after.history()}"
             return end_or_stale(services, after, reason, result.attempt)
         trim += 1  # once more, with less history, on any server
@@ -222,7 +244,7 @@ def give_up(
     attempt: int | None = None,
 ) -> bool:
     """No server could answer in time. Takes the job from the states `allowed` (once, whoever
-    else tries), then ends it: the operator's apology if any, complete, dead letter."""
+    else tries), then ends it (see `end`)."""
     if not services.ledger.begin_ending(job, reason, allowed, attempt=attempt):
         return False
     end(services, job, reason)
@@ -230,18 +252,20 @@ def give_up(
 
 
 def end(services: Services, job: Job, reason: str) -> None:
-    """The last of a job that is `ending`: each step is safe to repeat."""
+    """The last of a job that is `ending`, each step safe to repeat. A reply: the operator's
+    apology if any, complete, dead letter. A score: a dead letter with its reason (nothing on
+    the site: the message keeps no score, and `jobs` shows why)."""
+    if job.kind is JobKind.SCORE:
+        log.error("job=%s score lost: %s", job.id, reason)
+        services.ledger.finish(job.id, JobState.DEAD, reason=reason, outcome=Outcome.SCORE_LOST)
+        return
     log.error("job=%s dead: %s", job.id, reason)
     apology = services.settings.apology_text
     problems = []
     try:
-        if apology and not services.ledger.reply_posted(job.id):
-            message = Message.model_validate(job.message)
-            entity = services.entities.get(job.entity or "")
-            if entity is not None:
-                post_reply(services, job, build_reply(entity, message, apology).wire())
-                services.ledger.note_apology(job.id)
-        complete(services, job.id)
+        if apology:
+            post_apology(services, job, apology)
+        complete(services, job.message_id)
     except QueueError as exc:
         problems.append(f"the site queue failed while ending it: {exc}")
         log.error("job=%s could not be completed on the site: %s", job.id, exc)
@@ -250,3 +274,15 @@ def end(services: Services, job: Job, reason: str) -> None:
         log.exception("job=%s could not be ended cleanly", job.id)
     full_reason = "; ".join([reason, *problems])
     services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome=Outcome.DEAD)
+
+
+def post_apology(services: Services, job: Job, apology: str) -> None:
+    """The apology takes the reply's id: where a reply was posted already, the site answers
+    `duplicate` and nothing more is posted."""
+    message = Message.model_validate(job.message)
+    entity = services.entities.get(job.entity or "")
+    if entity is None:
+        return
+    answer = post_reply(services, job, build_reply(entity, message, apology).wire())
+    if answer.status == "success":
+        services.ledger.note_apology(job.id)

@@ -29,7 +29,10 @@ def recover(services: Services) -> int:
         age_s = (now_ms - claimed_at) / 1000 if isinstance(claimed_at, int | float) else 1e9
         if age_s < services.settings.recover_after_s:
             continue
-        if services.ledger.recover_claim(job_id, message, services.settings.job_deadline_s):
+        settings = services.settings
+        if services.ledger.recover_claim(
+            job_id, message, settings.job_deadline_s, scored=settings.eq_enabled
+        ):
             recovered += 1
             log.warning(
                 "job=%s claimed by %s but missing from the ledger: recovered",

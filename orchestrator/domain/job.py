@@ -16,6 +16,14 @@ from pydantic import BaseModel, Field
 from workers.contract.job import JobState
 from workers.contract.protocol import ErrorKind
 
+# A message's score is a job of its own, next to its reply's: its id is the message's with this.
+SCORE_SUFFIX = "#eq"
+
+
+class JobKind(StrEnum):
+    REPLY = "reply"  # the entity's reply: posted, then the message completed
+    SCORE = "score"  # the message's EQ score: PATCHed once, nothing posted
+
 
 class Outcome(StrEnum):
     """How a finished job ended, as `status` counts it."""
@@ -24,7 +32,13 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # the entity's own rules left no reply (`[SKIP]`, filtered to nothing)
     REJECTED = "rejected"  # a bad message or entity: completed without a reply
     DEAD = "dead"  # no server could answer it: a dead letter
-    DROPPED = "dropped"  # an operator ended it without a reply
+    DROPPED = "dropped"  # an operator ended it without a reply (or score)
+    SCORED = "scored"  # its score was found (and applied, when above 0)
+    SCORE_LOST = "score_lost"  # no score could be had: a dead letter, with its reason
+
+
+def score_job_id(message_id: str) -> str:
+    return f"{message_id}{SCORE_SUFFIX}"
 
 
 class Attempt(BaseModel):
@@ -45,7 +59,8 @@ class Job(BaseModel):
 
     id: str
     state: JobState
-    message: dict[str, Any]
+    message: dict[str, Any] = Field(default_factory=dict)  # dropped once the job is done
+    kind: JobKind = JobKind.REPLY
     attempt: int = 0
     server_id: str | None = None
     bridge_id: str = ""
@@ -67,6 +82,12 @@ class Job(BaseModel):
     result_at: float | None = None
     delivering_at: float | None = None
     apology_posted: bool = False
+    score: int | None = None  # a score job's score, once found
+
+    @property
+    def message_id(self) -> str:
+        """The site message this job is for."""
+        return self.id.removesuffix(SCORE_SUFFIX) if self.kind is JobKind.SCORE else self.id
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Job:

@@ -1,41 +1,72 @@
-"""Chat requests built from an entity and a site message, as the current bot builds them."""
+"""Chat requests built from an entity and a site message, as the site's bot builds them.
+
+Turns, in order: the system prompt; the warm-up turns of `global.json` for an entity with
+`initContext`; the newest `nom` context lines, each a `user` or `assistant` turn; the message
+itself; and an empty `assistant` turn (llama.cpp refuses a list ending in two assistant turns,
+and the empty one keeps the roles alternating). While the whole is over the budget (the
+model's context less 500 tokens, at 4 characters a token), the oldest history goes first;
+never the system prompt, the warm-up, the message or the empty turn.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from orchestrator.domain.entities import Entity
+from orchestrator.domain.entities import CONTEXT_RESERVE_TOKENS, Entity, GlobalSettings
 from orchestrator.domain.messages import Message
 from workers.contract.protocol import ChatRequest, ChatTurn
 
-CHARS_PER_TOKEN = 4  # the current bot's estimate; rough, hence the overflow retry's factor
+CHARS_PER_TOKEN = 4  # the site bot's estimate; rough, hence the overflow retry's factor
 EQ_TEMPERATURE = 1.0
 EQ_MAX_TOKENS = 20
+EQ_PLACEHOLDER = "[message]"
 MESSAGE_PLACEHOLDERS = ("{message}", "{text}")
 
 
 def build_chat_request(
-    entity: Entity, message: Message, history_budget_factor: float = 1.0
+    entity: Entity,
+    message: Message,
+    global_settings: GlobalSettings | None = None,
+    history_budget_factor: float = 1.0,
 ) -> ChatRequest:
-    """System prompt, then the newest `nom` context lines that fit the budget, then the message.
-
-    The prompt budget is `context_tokens - max_tokens` tokens at 4 characters a token. The system
-    prompt and the message always go in, even over budget; history fills what is left, newest
-    first, and stops at the first line that does not fit (older lines are dropped, no gaps).
-    `history_budget_factor` (0..1) scales the room left for history: a retry after a context
-    overflow passes less than 1 to send a shorter history.
-    """
+    """The reply's request. `history_budget_factor` (0..1) scales the room left for history:
+    a retry after a context overflow passes less than 1 to send a shorter history."""
     if not 0 <= history_budget_factor <= 1:
         raise ValueError(f"history_budget_factor must be within 0..1, not {history_budget_factor}")
-    system = [ChatTurn(role="system", content=entity.system_prompt)] if entity.system_prompt else []
+    settings = global_settings or GlobalSettings()
+    system = ChatTurn(role="system", content=entity.system_text)
+    warm_up = (
+        [ChatTurn(role=turn.role, content=turn.content) for turn in settings.init_context.messages]
+        if entity.init_context
+        else []
+    )
     current = ChatTurn(role="user", content=current_turn_text(entity, message))
-    fixed_chars = sum(len(turn.content) for turn in [*system, current])
-    budget_chars = (entity.context_tokens - entity.max_tokens) * CHARS_PER_TOKEN
+    completion = ChatTurn(role="assistant", content="")
+    fixed_chars = sum(len(turn.content) for turn in [system, *warm_up, current])
+    budget_chars = (entity.context_tokens - CONTEXT_RESERVE_TOKENS) * CHARS_PER_TOKEN
     history_room = max(0, budget_chars - fixed_chars) * history_budget_factor
     history = fit_newest(history_turns(entity, message), history_room)
     return ChatRequest(
-        model=entity.model, messages=[*system, *history, current], options=chat_options(entity)
+        model=entity.model,
+        messages=[system, *warm_up, *history, current, completion],
+        temperature=entity.temperature,
+        max_tokens=entity.max_tokens,
+        top_p=entity.top_p,
+        top_k=entity.top_k,
+        repeat_penalty=entity.repeat_penalty,
+        min_p=entity.min_p,
+        stop=stop_sequences(entity, settings),
+        num_ctx=entity.num_ctx,
     )
+
+
+def stop_sequences(entity: Entity, settings: GlobalSettings) -> list[str] | None:
+    """`global.json`'s stop sequences, unescaped, then the entity's own; none at all when
+    neither has any (the site bot sends `stop` only when the global list exists)."""
+    global_stop = settings.stop
+    if global_stop is None and not entity.stop:
+        return None
+    return [*(global_stop or []), *(s for s in entity.stop if s not in (global_stop or []))]
 
 
 def current_turn_text(entity: Entity, message: Message) -> str:
@@ -49,17 +80,23 @@ def current_turn_text(entity: Entity, message: Message) -> str:
     return template
 
 
+def reply_name(entity: Entity, message: Message) -> str:
+    """The name the reply is posted under: the `ais` name when the poster set one."""
+    ais = message.bot_params.ais if message.bot_params else None
+    name, separator, color = (ais or "").rpartition(":")
+    if separator and name.strip() and color.strip():
+        return name.strip()
+    return entity.username
+
+
 def history_turns(entity: Entity, message: Message) -> list[ChatTurn]:
     """The newest `nom` context lines as turns, oldest first.
 
-    `"name: text"` is split at the first `": "`: the poster's lines are `user`, everyone else's
-    (the bots, other people) `assistant`, with the name removed. A line without `": "` has no
-    speaker we can tell: it is kept whole as a `user` turn. Blank lines and empty texts are dropped.
-    """
+    `"name: text"` is split at the first `": "`, the name dropped: the reply's own name speaks
+    as `assistant`, anyone else as `user`. A line without `": "` has no speaker we can tell: it
+    is a `user` turn, whole. Blank lines and empty texts are left out."""
     lines = (message.context or [])[-entity.nom :] if entity.nom else []
-    humans = {message.username}
-    if message.bot_params and message.bot_params.human_username:
-        humans.add(message.bot_params.human_username)
+    assistant = reply_name(entity, message).strip()
     turns = []
     for line in lines:
         speaker, separator, said = line.partition(": ")
@@ -68,14 +105,15 @@ def history_turns(entity: Entity, message: Message) -> list[ChatTurn]:
         if not said.strip():
             continue
         role: Literal["user", "assistant"] = (
-            "assistant" if separator and speaker.strip() not in humans else "user"
+            "assistant" if separator and speaker.strip() == assistant else "user"
         )
         turns.append(ChatTurn(role=role, content=said))
     return turns
 
 
 def fit_newest(turns: list[ChatTurn], room_chars: float) -> list[ChatTurn]:
-    """The longest run of newest turns whose text fits in `room_chars`."""
+    """The longest run of newest turns whose text fits in `room_chars`: what is left once the
+    oldest are dropped one by one until the rest fits."""
     used = 0
     start = len(turns)
     while start > 0 and used + len(turns[start - 1].content) <= room_chars:
@@ -84,35 +122,17 @@ def fit_newest(turns: list[ChatTurn], room_chars: float) -> list[ChatTurn]:
     return turns[start:]
 
 
-def chat_options(entity: Entity) -> dict[str, Any]:
-    """The entity's sampling settings under Ollama's option names."""
-    options: dict[str, Any] = {
-        "temperature": entity.temperature,
-        "num_predict": entity.max_tokens,
-        "top_p": entity.top_p,
-        "top_k": entity.top_k,
-        "repeat_penalty": entity.repeat_penalty,
-        "min_p": entity.min_p,
-        "num_ctx": entity.context_tokens,
-    }
-    if entity.stop:
-        options["stop"] = list(entity.stop)
-    return options
-
-
 def build_eq_request(scorer: Entity, message: Message) -> ChatRequest:
-    """The message's text alone to the scoring entity: temperature 1.0, at most 20 tokens."""
-    system = [ChatTurn(role="system", content=scorer.system_prompt)] if scorer.system_prompt else []
-    options: dict[str, Any] = {
-        "temperature": EQ_TEMPERATURE,
-        "num_predict": min(EQ_MAX_TOKENS, scorer.max_tokens),
-        # The same num_ctx as the model's chat requests: Ollama reloads a model on a new num_ctx.
-        "num_ctx": scorer.context_tokens,
-    }
-    if scorer.stop:
-        options["stop"] = list(scorer.stop)
+    """The scorer's request: its prompt with `[message]` (the first one) replaced by the
+    message's text, then the text alone as the user's turn; temperature 1.0, at most 20
+    tokens, no context."""
+    prompt = scorer.system_text.replace(EQ_PLACEHOLDER, message.text, 1)
     return ChatRequest(
         model=scorer.model,
-        messages=[*system, ChatTurn(role="user", content=message.text)],
-        options=options,
+        messages=[
+            ChatTurn(role="system", content=prompt),
+            ChatTurn(role="user", content=message.text),
+        ],
+        temperature=EQ_TEMPERATURE,
+        max_tokens=EQ_MAX_TOKENS,
     )

@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any
 
-from orchestrator.domain.entities import Entity
+from orchestrator.domain.entities import Entity, GlobalSettings
 from orchestrator.domain.messages import BotParams, Message, NewMessage, reply_id_for
 
 SKIP_MARKER = "[skip]"  # compared case-insensitively: models vary the case they were taught
@@ -14,39 +14,43 @@ EQ_MIN, EQ_MAX = 0, 100
 RANDOM_COLOR = "random"
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
-# In order of trust: `Score: N` (markdown bold allowed), then `score is N` / `score of N`.
+# In order, as the site's bot tries them: `Score: N` (or `Score: [N]`; markdown bold allowed),
+# then `score is N` / `score of N`, then the first number of one to three digits.
 _EXPLICIT_SCORES = (
-    re.compile(r"score\s*\**\s*[:=]\s*\**\s*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"score\s*\**\s*[:=]\s*\**\s*\[?\s*" + _NUMBER, re.IGNORECASE),
     re.compile(r"score\s+(?:is|of)\s*:?\s*\**\s*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"(?<![\d.])(\d{1,3})(?![\d])"),
 )
-_ANY_NUMBER = re.compile(r"(?<![\d.])" + _NUMBER)
 
 
-def post_process(text: str, entity: Entity) -> str | None:
-    """The reply to post, or None when there is none: a `[SKIP]` anywhere, or nothing left after
-    removing every `filterOut` string, cutting at the earliest `trimAfter` marker, stripping."""
+def post_process(
+    text: str, entity: Entity, global_settings: GlobalSettings | None = None
+) -> str | None:
+    """The reply to post, or None when there is none: a `[SKIP]` anywhere, or no visible text
+    left after removing every `filterOut` string (the entity's, then `global.json`'s), cutting
+    at the earliest `trimAfter` marker of either, and stripping when `trimWhitespace` says so."""
     if SKIP_MARKER in text.lower():
         return None
-    for unwanted in entity.filter_out:
+    settings = global_settings or GlobalSettings()
+    for unwanted in [*entity.filter_out, *settings.filter_out]:
         text = text.replace(unwanted, "")
-    cuts = [text.find(marker) for marker in entity.trim_after if marker in text]
+    markers = [*entity.trim_after, *settings.trim_after]
+    cuts = [text.find(marker) for marker in markers if marker in text]
     if cuts:
         text = text[: min(cuts)]
-    return text.strip() or None
+    if entity.trim_whitespace:
+        text = text.strip()
+    return text if text.strip() else None
 
 
 def parse_eq_score(text: str) -> int:
-    """The score in a scorer's answer: the first `Score: N`, else `score is/of N`, else the first
-    number within 0..100. An explicit score out of range, or no score at all, gives 0: the site
-    adds every positive score to its global score, so a doubtful one must add nothing."""
+    """The score in a scorer's answer, by the first rule that finds one. A number out of
+    0..100, or no number at all, gives 0: the site adds every positive score to its global
+    score, so a doubtful one must add nothing."""
     for pattern in _EXPLICIT_SCORES:
         found = pattern.search(text)
         if found:
             return _in_range(float(found.group(1)))
-    for found in _ANY_NUMBER.finditer(text):
-        score = round(float(found.group(1)))
-        if EQ_MIN <= score <= EQ_MAX:
-            return score
     return 0
 
 

@@ -157,6 +157,7 @@ class Planner:
             key=lambda entry: (
                 bool(region) and entry.server.region == region,
                 entry.server.priority,
+                -sum(1 for left in self._slots[entry.server.id] if left > 0),
                 self.rng.random(),
             ),
         )

@@ -12,7 +12,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.domain.job import Job, Outcome
+from orchestrator.domain.job import Job, JobKind, Outcome
 from orchestrator.errors import JobRefused, MessageGone, QueueError
 from orchestrator.ops.durations import ago, span
 from orchestrator.services import State, site_queue_client
@@ -33,6 +33,7 @@ ERROR_CHARS = 80
 @dataclass(frozen=True)
 class ActiveRow:
     id: str
+    kind: str  # reply or score
     state: str
     attempt: int
     server_id: str | None
@@ -45,6 +46,7 @@ class ActiveRow:
 @dataclass(frozen=True)
 class DeadRow:
     id: str
+    kind: str
     entity: str | None
     finished_at: float | None
     reason: str | None
@@ -76,6 +78,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
     active = [
         ActiveRow(
             id=job.id,
+            kind=job.kind.value,
             state=job.state.value,
             attempt=job.attempt,
             server_id=job.server_id,
@@ -89,6 +92,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
     dead = [
         DeadRow(
             id=job.id,
+            kind=job.kind.value,
             entity=job.entity,
             finished_at=job.finished_at,
             reason=job.reason,
@@ -106,15 +110,18 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
 @dataclass(frozen=True)
 class Dropped:
     job: Job  # as it was before the drop
-    site: str  # "completed", "gone" (the site queue no longer had it) or "failed"
+    site: str  # "completed", "gone" (the site no longer had it), "failed", "untouched" (a score)
     queue_error: str | None = None
 
 
 def drop_job(ledger: Ledger, queue: SiteQueueClient, job_id: str) -> Dropped:
-    """End an active or dead job without a reply: its slot freed, out of the retry set and the
-    dead letters, rejected in the ledger, completed on the site. Refused for unknown or already
-    answered or rejected jobs. A site queue error is reported, the drop stands."""
+    """End an active or dead job without a reply (or score): its slot freed, out of the retry
+    set and the dead letters, rejected in the ledger; a reply's message completed on the site.
+    Refused for unknown or already answered or rejected jobs. A site queue error is reported,
+    the drop stands."""
     job = ledger.drop(job_id, DROP_REASON, DROP_OUTCOME)
+    if job.kind is JobKind.SCORE:
+        return Dropped(job, "untouched")
     try:
         queue.complete(job_id)
     except MessageGone:
@@ -147,12 +154,13 @@ def attempt_line(entry: dict[str, Any]) -> str:
 
 def jobs_tables(report: JobsReport) -> Group:
     active = Table(title="in-flight jobs", title_justify="left")
-    for column in ("job", "state", "attempt", "server", "entity", "age", "deadline in"):
+    for column in ("job", "kind", "state", "attempt", "server", "entity", "age", "deadline in"):
         active.add_column(column, no_wrap=column != "job")
     active.add_column("last error")
     for row in report.active:
         active.add_row(
             Text(row.id),
+            row.kind,
             row.state,
             str(row.attempt),
             Text(row.server_id or "-"),
@@ -163,12 +171,13 @@ def jobs_tables(report: JobsReport) -> Group:
         )
     active.caption = f"{len(report.active)} of {report.active_total} active jobs"
     dead = Table(title="dead letters", title_justify="left")
-    for column in ("job", "entity", "when", "reason", "attempts"):
+    for column in ("job", "kind", "entity", "when", "reason", "attempts"):
         dead.add_column(column, no_wrap=column in {"entity", "when"})
     now = time.time()
     for entry in report.dead:
         dead.add_row(
             Text(entry.id),
+            entry.kind,
             Text(entry.entity or "-"),
             ago(now - entry.finished_at) if entry.finished_at else "-",
             Text(shorten(entry.reason, 120)),
@@ -189,6 +198,7 @@ def job_view(job: Job) -> Group:
     fields.add_column("field", style="bold", no_wrap=True)
     fields.add_column("value")
     rows: list[tuple[str, str | Text]] = [
+        ("kind", job.kind.value),
         ("state", job.state.value),
         ("attempt", str(job.attempt)),
         ("server", job.server_id or "-"),
@@ -202,6 +212,7 @@ def job_view(job: Job) -> Group:
         ("deadline", "-" if job.state.finished else deadline_in(job.deadline - now)),
         ("finished", since(job.finished_at)),
         ("outcome", job.outcome or "-"),
+        ("score", "-" if job.score is None else str(job.score)),
         ("reason", job.reason or "-"),
         ("history cut", f"{job.trim} times"),
         ("apology", "posted" if job.apology_posted else "no"),
@@ -303,7 +314,11 @@ def drop_command(settings: Settings, job_id: str) -> int:
             )
         )
         return 0
-    site = "completed on the site" if dropped.site == "completed" else "already gone from the site"
+    site = {
+        "completed": "completed on the site",
+        "gone": "already gone from the site",
+        "untouched": "a score: nothing on the site",
+    }[dropped.site]
     note = ""
     if dropped.job.state is JobState.DELIVERING:
         note = "; its result was being delivered, so a reply may still appear"

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from orchestrator.domain.job import Attempt, Job, Outcome
+from orchestrator.domain.job import Attempt, Job, JobKind, Outcome, score_job_id
 from orchestrator.errors import JobRefused
 from workers.contract.job import HELD_BY_BRIDGE, JobState, may_step
 from workers.contract.keys import Keys
@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 ONCE_GUARD_TTL_S = 7 * 86400
 REASON_CHARS = 2000
 ERROR_CHARS = 500
+
+
+class Claim(IntEnum):
+    """What came of writing a claim."""
+
+    KNOWN = 0  # the ledger already held the message: nothing written
+    WRITTEN = 1  # its jobs are written
+    SCORE_ID_TAKEN = 2  # its reply's job is written; its score's id was another job's
 
 
 class Reservation(IntEnum):
@@ -44,7 +52,6 @@ class Reservation(IntEnum):
 class DeliveryStart:
     job: Job | None
     current: bool
-    reply_posted: bool = False
     eq_guard: str | None = None  # the EQ once-guard's value: None, "pending:<time>", or done
 
 
@@ -106,7 +113,7 @@ class Ledger:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._record_claim = register(client, "record_claim")
+        self._record_claims = register(client, "record_claims")
         self._move = register(client, "move")
         self._finish = register(client, "finish")
         self._take_retries = register(client, "take_retries")
@@ -182,36 +189,69 @@ class Ledger:
 
     def record_claim(
         self,
-        job_id: str,
+        message_id: str,
         message: dict[str, Any],
         bridge_id: str,
         deadline_s: float,
+        *,
+        scored: bool,
         state: JobState = JobState.CLAIMED,
-    ) -> bool:
-        """Write a just-claimed message first of all. False if the ledger already holds it."""
+    ) -> Claim:
+        """Write a just-claimed message first of all: its reply's job and, when `scored`, its
+        score's, in one step."""
         now = time.time()
-        fields = {
-            "id": job_id,
-            "state": state.value,
-            # ASCII-escaped: any text the site sent, even a lone surrogate, is stored as it came.
-            "message": json.dumps(message),
-            "attempt": 0,
-            "bridge_id": bridge_id,
-            "claimed_at": now,
-            "deadline": now + deadline_s,
-        }
-        created = self._record_claim(
-            keys=[self.keys.job(job_id), self.keys.active_jobs],
-            args=[job_id, now + deadline_s, *flatten(fields)],
+        deadline = now + deadline_s
+        reply = self._new_job(message_id, JobKind.REPLY, message, bridge_id, state, now, deadline)
+        score_id = score_job_id(message_id) if scored else ""
+        score: list[str] = []
+        if scored:
+            # The score needs the message's text, not its history.
+            slim = {name: value for name, value in message.items() if name != "context"}
+            score = self._new_job(score_id, JobKind.SCORE, slim, bridge_id, state, now, deadline)
+        written = self._record_claims(
+            keys=[self.keys.active_jobs, self.keys.job(message_id), self.keys.job(score_id)],
+            args=[deadline, message_id, score_id, len(reply), *reply, *score],
         )
-        return bool(created)
+        return Claim(int(written))
 
-    def recover_claim(self, job_id: str, message: dict[str, Any], deadline_s: float) -> bool:
-        """A claim the ledger missed (its bridge died before writing it): written, and queued
-        for any bridge to place. False if the ledger already holds it."""
-        if not self.record_claim(job_id, message, "", deadline_s, state=JobState.RETRYING):
+    @staticmethod
+    def _new_job(
+        job_id: str,
+        kind: JobKind,
+        message: dict[str, Any],
+        bridge_id: str,
+        state: JobState,
+        now: float,
+        deadline: float,
+    ) -> list[str]:
+        return flatten(
+            {
+                "id": job_id,
+                "kind": kind.value,
+                "state": state.value,
+                # ASCII-escaped: any text the site sent, even a lone surrogate, is kept as it came.
+                "message": json.dumps(message),
+                "attempt": 0,
+                "bridge_id": bridge_id,
+                "claimed_at": now,
+                "deadline": deadline,
+            }
+        )
+
+    def recover_claim(
+        self, message_id: str, message: dict[str, Any], deadline_s: float, *, scored: bool
+    ) -> bool:
+        """A claim the ledger missed (its bridge died before writing it): its jobs written,
+        and queued for any bridge to place. False if the ledger already holds it."""
+        claim = self.record_claim(
+            message_id, message, "", deadline_s, scored=scored, state=JobState.RETRYING
+        )
+        if claim is Claim.KNOWN:
             return False
-        self._step(job_id, (JobState.RETRYING,), {}, retry_at=time.time())
+        now = time.time()
+        self._step(message_id, (JobState.RETRYING,), {}, retry_at=now)
+        if claim is Claim.WRITTEN and scored:
+            self._step(score_job_id(message_id), (JobState.RETRYING,), {}, retry_at=now)
         return True
 
     def mark_waiting(
@@ -320,7 +360,6 @@ class Ledger:
             keys=[
                 self.keys.job(job_id),
                 self.keys.inflight(server_id),
-                self.keys.once_reply(job_id),
                 self.keys.once_eq(job_id),
             ],
             args=[job_id, attempt, server_id, self.keys.slot_events, time.time()],
@@ -330,15 +369,8 @@ class Ledger:
         job = Job.from_hash(pairs_to_dict(answer[1]))
         if answer[0] == 1:
             return DeliveryStart(job=job, current=False)
-        guard = answer[3] if len(answer) > 3 and answer[3] else None
-        return DeliveryStart(job, True, reply_posted=bool(answer[2]), eq_guard=guard)
-
-    def reply_posted(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.keys.once_reply(job_id)))
-
-    def queue_reply_posted(self, pipe: redis.client.Pipeline, job_id: str) -> None:
-        """Once-guard: the reply is on the site (added to a caller's pipeline)."""
-        pipe.set(self.keys.once_reply(job_id), 1, ex=ONCE_GUARD_TTL_S)
+        guard = answer[2] if len(answer) > 2 and answer[2] else None
+        return DeliveryStart(job, True, eq_guard=guard)
 
     def claim_eq_guard(self, job_id: str, value: str) -> str | None:
         """Set the EQ once-guard to `value` if nothing holds it; else what holds it."""
@@ -349,10 +381,6 @@ class Ledger:
 
     def set_eq_guard(self, job_id: str, value: str | float) -> None:
         self.redis.set(self.keys.once_eq(job_id), value, ex=ONCE_GUARD_TTL_S)
-
-    def queue_eq_applied(self, pipe: redis.client.Pipeline, job_id: str, score: int) -> None:
-        """The EQ once-guard says the score landed (added to a caller's pipeline)."""
-        pipe.set(self.keys.once_eq(job_id), score, ex=ONCE_GUARD_TTL_S)
 
     def lift_eq_guard(self, job_id: str) -> None:
         self.redis.delete(self.keys.once_eq(job_id))
@@ -410,8 +438,11 @@ class Ledger:
         outcome: Outcome | None = None,
         started_at: float | None = None,
         generated_at: float | None = None,
+        score: int | None = None,
     ) -> None:
-        """The `finish` step, added to a caller's pipeline to save round trips."""
+        """The `finish` step, added to a caller's pipeline to save round trips. A finished job
+        keeps a compact summary: not its message (but for a dead letter, which may be retried),
+        nor its result, nor its once-guards (a finished job takes no delivery again)."""
         if not state.finished:
             raise ValueError(f"{state} is not a finished state")
         now = time.time()
@@ -420,6 +451,8 @@ class Ledger:
             fields["started_at"] = started_at
         if generated_at is not None:
             fields["generated_at"] = generated_at
+        if score is not None:
+            fields["score"] = score
         if reason is not None:
             fields["reason"] = reason[:REASON_CHARS]
         if outcome is not None:
@@ -433,6 +466,7 @@ class Ledger:
                 keys.finished_jobs,
                 keys.counters,
                 keys.dead_letters,
+                keys.once_eq(job_id),
             ],
             args=[
                 job_id,
@@ -493,7 +527,6 @@ class Ledger:
                 time.time() - older_than_s,
                 limit,
                 keys.job_prefix,
-                keys.once_reply_prefix,
                 keys.once_eq_prefix,
             ],
         )

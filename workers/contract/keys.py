@@ -108,14 +108,6 @@ class Keys:
         """Sorted set of finished job ids by finish time, trimmed by the sweep."""
         return f"{self.prefix}:jobs:finished"
 
-    def once_reply(self, job_id: str) -> str:
-        """Once-guard: the reply to this message was posted."""
-        return f"{self.once_reply_prefix}{job_id}"
-
-    @property
-    def once_reply_prefix(self) -> str:
-        return f"{self.prefix}:once:reply:"
-
     def once_eq(self, job_id: str) -> str:
         """Once-guard: the EQ score of this message was applied (or is being applied)."""
         return f"{self.once_eq_prefix}{job_id}"

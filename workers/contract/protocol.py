@@ -65,23 +65,48 @@ class ChatTurn(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """One request to Ollama's `/api/chat`, `stream: false`."""
+    """One chat request, as the site's bot builds it: the fields of its OpenAI-compatible
+    payload, unset when it sends none. Each backend sends them under its own API's names."""
 
     model: str
     messages: list[ChatTurn]
-    options: dict[str, Any] = Field(default_factory=dict)
-    keep_alive: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    min_p: float | None = None
+    stop: list[str] | None = None
+    num_ctx: int | None = None  # Ollama's context size: only when the entity sets one
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling fields that are set, under the OpenAI-compatible names."""
+        names = ("temperature", "max_tokens", "top_p", "top_k", "repeat_penalty", "min_p", "stop")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def ollama_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        """The body of Ollama's `/api/chat`, not streamed: sampling under `options`, with
+        Ollama's own name for the reply's length."""
+        options = self.sampling()
+        if "max_tokens" in options:
+            options["num_predict"] = options.pop("max_tokens")
+        if self.num_ctx is not None:
+            options["num_ctx"] = self.num_ctx
+        return {
             "model": self.model,
             "messages": [turn.model_dump() for turn in self.messages],
             "stream": False,
-            "options": self.options,
+            "options": options,
         }
-        if self.keep_alive is not None:
-            body["keep_alive"] = self.keep_alive
-        return body
+
+    def openai_body(self) -> dict[str, Any]:
+        """The body of `/v1/chat/completions`, not streamed, every option at the top level."""
+        return {
+            "model": self.model,
+            "messages": [turn.model_dump() for turn in self.messages],
+            **self.sampling(),
+            "stream": False,
+        }
 
 
 class ChatTimings(BaseModel):
@@ -106,13 +131,13 @@ class ChatOutcome(BaseModel):
 
 
 class GenerateJob(BaseModel):
-    """The generate task's argument: everything a worker needs, nothing of the site."""
+    """The generate task's argument: one chat request (a reply's, or a score's), and nothing
+    of the site."""
 
     job_id: str
     attempt: int
     server_id: str
-    reply: ChatRequest
-    eq: ChatRequest | None = None
+    request: ChatRequest
     dispatched_at: float
 
     def argsrepr(self) -> str:
@@ -126,13 +151,12 @@ class GenerateResult(BaseModel):
     job_id: str
     attempt: int
     server_id: str
-    reply: ChatOutcome
-    eq: ChatOutcome | None = None
+    outcome: ChatOutcome
     started_at: float
     finished_at: float
     stale: bool = False
 
     def argsrepr(self) -> str:
         """How the deliver task's argument shows in Flower and the logs."""
-        verdict = "stale" if self.stale else ("ok" if self.reply.ok else self.reply.error_kind)
+        verdict = "stale" if self.stale else ("ok" if self.outcome.ok else self.outcome.error_kind)
         return f"(job={self.job_id} attempt={self.attempt} server={self.server_id} {verdict})"

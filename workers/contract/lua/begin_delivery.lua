@@ -3,16 +3,14 @@
 -- A delivery that was interrupted may begin again: delivering is idempotent.
 -- KEYS[1] the job's hash
 -- KEYS[2] the result's server's in-flight set
--- KEYS[3] the reply's once-guard
--- KEYS[4] the EQ score's once-guard
+-- KEYS[3] the EQ score's once-guard
 -- ARGV[1] job id
 -- ARGV[2] the result's attempt
 -- ARGV[3] the result's server
 -- ARGV[4] event channel
 -- ARGV[5] now (epoch seconds)
--- Returns {0} for an unknown job; {1, fields} for a stale result; {2, fields, reply posted
--- (0/1), EQ guard value or false} for the current one. The fields leave out the kept result:
--- the delivery has it.
+-- Returns {0} for an unknown job; {1, fields} for a stale result; {2, fields, EQ guard value
+-- or false} for the current one. The fields leave out the kept result: the delivery has it.
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {0} end
 local fields = {}
@@ -34,4 +32,4 @@ end
 if not current then return {1, fields} end
 -- Each delivery (again) stamps its start, so the sweep leaves a delivery in progress alone.
 redis.call('HSET', KEYS[1], 'state', DELIVERING, 'delivering_at', ARGV[5])
-return {2, fields, redis.call('EXISTS', KEYS[3]), redis.call('GET', KEYS[4])}
+return {2, fields, redis.call('GET', KEYS[3])}
