@@ -51,20 +51,29 @@ class State:
 
     @classmethod
     def connect(
-        cls, redis_url: str, key_prefix: str = DEFAULT_PREFIX, lost_after_s: float = 3.0
+        cls,
+        redis_url: str,
+        key_prefix: str = DEFAULT_PREFIX,
+        lost_after_s: float = 3.0,
+        finished_retention_s: float = 86400.0,
     ) -> State:
         client = connect_redis(redis_url)
         keys = Keys(key_prefix)
         return cls(
             redis=client,
             keys=keys,
-            ledger=Ledger(client, keys),
+            ledger=Ledger(client, keys, finished_retention_s),
             fleet=Fleet(client, keys, lost_after_s=lost_after_s),
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> State:
-        return cls.connect(settings.redis_url, settings.key_prefix, settings.server_lost_after_s)
+        return cls.connect(
+            settings.redis_url,
+            settings.key_prefix,
+            settings.server_lost_after_s,
+            settings.finished_retention_s,
+        )
 
     def close(self) -> None:
         self.redis.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
 
 
 def _default_bridge_id() -> str:
-    return f"bridge-{socket.gethostname()}"
+    """Unique to each bridge process, so two on one host never share one; recovery knows a
+    claim by the id its note carries, whatever became of that bridge."""
+    return f"bridge-{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 class Settings(CelerySettings):
@@ -68,20 +71,27 @@ class Settings(CelerySettings):
         default=10.0, gt=0, description="A bridge silent this long: its waiting jobs go to others"
     )
     recover_interval_s: float = Field(
-        default=30.0, gt=0, description="Beat: how often to look for claims missing from the ledger"
+        default=30.0, gt=0, description="Beat: how often to look for claims that may be lost"
     )
     recover_after_s: float = Field(
-        default=30.0, ge=0, description="Recovery takes back a claim only once it is this old"
+        default=30.0,
+        ge=0,
+        description="A claim whose jobs are not written this long after it began may be lost",
     )
     recover_window_s: float = Field(
-        default=86400.0, gt=0, description="Recovery looks at site messages this recent"
+        default=86400.0,
+        gt=0,
+        description="How old a lost claim's message may be, when its bridge never saw the site "
+        "queue empty",
     )
     claim_idle_s: float = Field(
         default=0.5, gt=0, description="Wait before asking an empty queue again"
     )
     sweep_interval_s: float = Field(default=1.0, gt=0, description="Beat: sweep period")
     finished_retention_s: float = Field(
-        default=86400.0, gt=0, description="Finished jobs stay in the ledger this long"
+        default=86400.0,
+        gt=0,
+        description="A finished job's summary stays in the ledger this long (dead letters stay)",
     )
     default_tokens_per_s: float = Field(
         default=30.0, gt=0, description="Routing: a model's speed on a server until measured"

@@ -104,6 +104,7 @@ class SiteQueueClient:
     ) -> None:
         self.base_url = base_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.bytes_received = 0  # the answers' bodies, for what a caller costs the site
         self._http = httpx.Client(
             base_url=base_url,
             headers=headers,
@@ -203,6 +204,7 @@ class SiteQueueClient:
             raise QueueNotReached(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         except httpx.RequestError as exc:
             raise QueueUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        self.bytes_received += len(response.content)
         status = response.status_code
         if status == 404 and gone is not None:
             raise MessageGone(gone)

@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.domain.job import JobKind, Outcome
+from orchestrator.domain.job import JobKind, Outcome, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.domain.servers import ServerView
 from orchestrator.site_queue import SiteQueueClient
@@ -63,19 +63,17 @@ class Progress:
     finished: dict[str, dict[str, str]] = field(default_factory=dict)  # replies, by message
     scored: int = 0  # messages whose score was found
     scores_lost: int = 0  # messages whose score could not be had
-    seen: set[str] = field(default_factory=set)  # finished jobs already counted
-    last_score: float = 0.0  # the latest finish time read
+    open_jobs: set[str] = field(default_factory=set)  # posted messages' jobs not yet finished
+
+    def post(self, message_id: str) -> None:
+        self.posted.append(message_id)
+        self.open_jobs.update((message_id, score_job_id(message_id)))
 
     def refresh(self, stack: LocalStack) -> None:
-        fresh = [
-            (job_id, at)
-            for job_id, at in stack.ledger.finished_since(self.last_score)
-            if job_id not in self.seen
-        ]
-        self.seen.update(job_id for job_id, _ in fresh)
-        if not fresh:
-            return
-        for job in stack.ledger.get_many(job_id for job_id, _ in fresh):
+        for job in stack.ledger.get_many(sorted(self.open_jobs)):
+            if not job.state.finished:
+                continue
+            self.open_jobs.discard(job.id)
             if job.kind is not JobKind.REPLY:
                 self.scored += job.outcome is Outcome.SCORED
                 self.scores_lost += job.outcome is Outcome.SCORE_LOST
@@ -86,7 +84,6 @@ class Progress:
                 "outcome": job.outcome or "?",
                 "latency_ms": f"{(finished_at - job.claimed_at) * 1000:.0f}",
             }
-        self.last_score = max(at for _, at in fresh)
 
     def done(self, messages: int) -> bool:
         """Every message replied to (or given up) and scored (or its score lost)."""
@@ -177,7 +174,7 @@ def run_demo(messages: int | None, rate: float, timeout: float) -> int:
                 for _ in range(messages):
                     message = sample_message(next(counter), rng)
                     queue.post_comment(message)
-                    progress.posted.append(str(message.id))
+                    progress.post(str(message.id))
             next_post = time.monotonic()
             while True:
                 stack.check_alive()
@@ -185,7 +182,7 @@ def run_demo(messages: int | None, rate: float, timeout: float) -> int:
                 if messages is None and now >= next_post:
                     message = sample_message(next(counter), rng)
                     queue.post_comment(message)
-                    progress.posted.append(str(message.id))
+                    progress.post(str(message.id))
                     next_post = now + 1.0 / rate
                 progress.refresh(stack)
                 live.update(

@@ -15,6 +15,7 @@ until a claim-next meets it and fails, as the deployed queue's does.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -620,11 +622,22 @@ def js_parse_int(text: str) -> int | None:
     return sign * (HUGE if len(digits) > 20 else int(digits, base))
 
 
+@dataclass
+class Faults:
+    """What `POST /local/faults` asks of the local queue (the site has no such route): the
+    next `claims` claim-next answers are held back `claim_delay_s` after the claim is made, as
+    an answer lost on its way would leave a client that never hears of its claim."""
+
+    claim_delay_s: float = 0.0
+    claims: int = 0
+
+
 class QueueRoutes:
     """Each route translates between the wire and one store operation."""
 
     def __init__(self, store: QueueStore) -> None:
         self.store = store
+        self.faults = Faults()
 
     def routes(self) -> list[Route]:
         return [
@@ -637,6 +650,7 @@ class QueueRoutes:
             Route("/api/queue/complete", self.complete, methods=["POST"]),
             Route("/api/admin/stats", self.stats, methods=["GET"]),
             Route("/api/admin/purge", self.purge, methods=["POST"]),
+            Route("/local/faults", self.set_faults, methods=["POST"]),
         ]
 
     async def post_comment(self, request: Request) -> Response:
@@ -674,7 +688,11 @@ class QueueRoutes:
         if worker_id is None:
             answer = {"success": False, "message": None, "error": "workerId required"}
             raise Refused(400, answer)
-        return JSONResponse(self.store.claim_next(worker_id))
+        answer = self.store.claim_next(worker_id)
+        if self.faults.claims > 0 and answer.get("success"):
+            self.faults.claims -= 1
+            await asyncio.sleep(self.faults.claim_delay_s)
+        return JSONResponse(answer)
 
     async def complete(self, request: Request) -> Response:
         message_id = message_id_of(await json_fields(request))
@@ -687,6 +705,14 @@ class QueueRoutes:
 
     async def purge(self, request: Request) -> Response:
         return JSONResponse(self.store.purge())
+
+    async def set_faults(self, request: Request) -> Response:
+        fields = await json_object(request)
+        delay, claims = fields.get("claim_delay_s", 0), fields.get("claims", 0)
+        if not isinstance(delay, int | float) or not isinstance(claims, int) or delay < 0:
+            raise invalid("claim_delay_s: a number of seconds; claims: a count")
+        self.faults = Faults(float(delay), claims)
+        return JSONResponse({"success": True, **asdict(self.faults)})
 
 
 class OpenCorsAndToken:

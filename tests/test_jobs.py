@@ -259,7 +259,7 @@ def test_retry_places_a_dead_letter_again_for_any_bridge(ledger: Ledger, redis_u
     assert job.attempts_from == 3 and job.failures == []  # ...and forgiven
     assert before + 600 <= job.deadline <= after + 600
     assert ledger.redis.zscore(keys.active_jobs, "again") == pytest.approx(job.deadline)
-    assert ledger.redis.zscore(keys.finished_jobs, "again") is None
+    assert ledger.redis.ttl(keys.job("again")) == -1  # active again: it does not expire
     assert ledger.redis.lrange(keys.dead_letters, 0, -1) == []
     retry_at = ledger.redis.zscore(keys.retry_jobs, "again")
     assert retry_at is not None and retry_at <= after
@@ -330,7 +330,8 @@ def test_drop_frees_a_dispatched_jobs_slot_and_completes_it_on_the_site(
     assert (job.reason, job.outcome) == (DROP_REASON, DROP_OUTCOME)
     keys = ledger.keys
     assert ledger.redis.zscore(keys.active_jobs, "stuck") is None
-    assert ledger.redis.zscore(keys.finished_jobs, "stuck") is not None
+    assert 0 < ledger.redis.ttl(keys.job("stuck")) <= 86400  # finished: it expires
+    assert ledger.finished_count() == 1
     assert ledger.counters() == {DROP_OUTCOME: 1}
     assert site_status(db_path, "stuck") == "complete"
     # The server's late result is stale: no reply is posted for it.

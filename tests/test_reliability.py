@@ -242,14 +242,21 @@ def test_a_worker_killed_mid_job_loses_nothing(stack: LocalStack) -> None:
 
 
 def test_a_claim_missing_from_the_ledger_is_recovered(stack: LocalStack) -> None:
-    """A bridge that died between claim-next and its ledger write: the claim shows on the site
-    as processing by its id; recovery takes it back."""
-    stack.processes["bridge"].stop()
+    """A bridge killed between claim-next and its ledger write: the site shows the message
+    processing by its id, the ledger never heard of it; recovery takes it back."""
     stack.processes["bridge-2"].stop()
+    faults = {"claim_delay_s": 30, "claims": 1}  # the claim is made; its answer waits
+    httpx.post(f"{stack.queue_url}/local/faults", json=faults).raise_for_status()
     [message_id] = post(stack, 1)
-    with stack.queue_client() as queue:
-        claimed = queue.claim_next("bridge")
-    assert claimed.message is not None and claimed.message["id"] == message_id
+
+    def claimed() -> bool:
+        with stack.queue_client() as queue:
+            [found] = [c for c in queue.comments_after(0) if c["id"] == message_id]
+        return bool(found["botParams"]["status"] == "processing")
+
+    wait_for(claimed, 20, interval=0.02, what="the claim")
+    stack.processes["bridge"].kill()
+    httpx.post(f"{stack.queue_url}/local/faults", json={}).raise_for_status()
     assert Ledger(stack.redis, stack.keys).get(message_id) is None
     restart(stack, "bridge")
     assert_answered_once(stack, [message_id])

@@ -8,8 +8,10 @@ sends its result to `deliver` on `control`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 from typing import Any
@@ -22,9 +24,9 @@ from orchestrator.bridge.placement import FleetCache, Placement
 from orchestrator.domain.job import Job, JobKind, score_job_id
 from orchestrator.domain.routing import SpeedDefaults, policy_named
 from orchestrator.domain.servers import ServerView
-from orchestrator.errors import QueueError
+from orchestrator.errors import QueueError, QueueNotReached
 from orchestrator.services import Services
-from orchestrator.state.ledger import Claim
+from orchestrator.state.ledger import Claim, ClaimNote
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class Bridge:
         self._queue_backoff_s = 0.0
         self._alive_until = 0.0  # next time to renew this bridge's liveness key
         self._retry_check_at = 0.0  # next time to look for due retries
+        self._claims = itertools.count()
+        self._run = secrets.token_hex(4)  # this run's, so its notes are its own after a restart
+        # Until the site is seen with nothing pending, a message claimed may be this old.
+        self._nothing_pending_ms = int((time.time() - self.settings.recover_window_s) * 1000)
 
     @property
     def waiting(self) -> list[ReadyJob]:
@@ -134,9 +140,19 @@ class Bridge:
     # Claiming -----------------------------------------------------------------------------
 
     def claim_one(self, fleet: list[ServerView]) -> bool:
+        asked_ms = int(time.time() * 1000)
+        note = ClaimNote(
+            f"{self.settings.bridge_id}:{self._run}:{next(self._claims)}",
+            self.settings.bridge_id,
+            asked_ms,
+            self._nothing_pending_ms,
+        )
+        self.services.ledger.note_claim(note)
         try:
             claimed = self.services.queue.claim_next(self.settings.bridge_id)
         except QueueError as exc:
+            if isinstance(exc, QueueNotReached):
+                self.services.ledger.drop_claim_note(note.id)  # the site never heard of it
             self._queue_backoff_s = min(
                 QUEUE_BACKOFF_MAX_S, max(QUEUE_BACKOFF_MIN_S, self._queue_backoff_s * 2)
             )
@@ -148,11 +164,15 @@ class Bridge:
         self._queue_backoff_s = 0.0
         message = claimed.message
         self.placement.site_backlog = claimed.remaining_pending if message is not None else 0
+        if message is None or claimed.remaining_pending == 0:
+            # Nothing else pending: whatever is claimed next was posted after this.
+            self._nothing_pending_ms = asked_ms
         if message is None:
+            self.services.ledger.drop_claim_note(note.id)
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
             return False
         try:
-            self.take(message, fleet)
+            self.take(message, fleet, note=note.id)
         except redis.RedisError:
             raise  # the loop waits for Redis; the claim is found again by recovery
         except Exception:  # whatever a message carries, the bridge goes on
@@ -160,16 +180,24 @@ class Bridge:
             self.services.ledger.count("untakeable")
         return True
 
-    def take(self, raw: dict[str, Any], fleet: list[ServerView]) -> None:
-        """Handle one claimed message; never raises for anything the message carries."""
+    def take(self, raw: dict[str, Any], fleet: list[ServerView], *, note: str = "") -> None:
+        """Handle one claimed message; never raises for anything the message carries. Its
+        claim's `note` goes when its jobs are written."""
         job_id = raw.get("id")
         if not isinstance(job_id, str) or not job_id:
             log.error("bridge: claimed a message without an id; cannot complete it: %.200r", raw)
             self.services.ledger.count("no_id")
+            if note:
+                self.services.ledger.drop_claim_note(note)  # nothing recovery could do either
             return
         scored = self.settings.eq_enabled
         claim = self.services.ledger.record_claim(
-            job_id, raw, self.settings.bridge_id, self.settings.job_deadline_s, scored=scored
+            job_id,
+            raw,
+            self.settings.bridge_id,
+            self.settings.job_deadline_s,
+            scored=scored,
+            note=note,
         )
         if claim is Claim.KNOWN:
             log.warning("job=%s claimed again but already in the ledger: left as it is", job_id)

@@ -5,7 +5,7 @@
 - a result that was not delivered in time is delivered again from the ledger;
 - jobs held by a bridge that stopped beating go to the other bridges;
 - jobs past their deadline are given up (apology if set, complete, dead letter);
-- slots held by jobs that ended are freed; finished jobs past retention are pruned.
+- slots held by jobs that ended are freed (finished jobs expire by themselves).
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ def sweep(services: Services, app: Celery | None = None) -> dict[str, int]:
                 judge(services, row, sweep_pass, alive, app)
         except (QueueError, redis.RedisError, ValueError) as exc:
             log.error("job=%s sweep could not act on it: %s", job_id, exc)
-    counts["pruned"] = services.ledger.prune_finished(services.settings.finished_retention_s)
     return counts
 
 

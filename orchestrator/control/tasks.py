@@ -81,12 +81,14 @@ def sweep_task(self: Task) -> dict[str, int]:
 
 
 def recover_task() -> int:
+    """How many claims were taken back (the notes of a pass the site did not answer stay, for
+    the next)."""
     services = process_services()
     lock = pass_lock(services, services.keys.recover_lock, 30)
     if not lock.acquire():
         return 0
     try:
-        return recover(services)
+        return recover(services).recovered
     except QueueError as exc:
         log.warning("recovery: the site queue did not answer: %s", exc)
         return 0

@@ -40,6 +40,28 @@ class Claim(IntEnum):
     SCORE_ID_TAKEN = 2  # its reply's job is written; its score's id was another job's
 
 
+@dataclass(frozen=True)
+class ClaimNote:
+    """A claim a bridge began: when, and how old the message it gets may be at most."""
+
+    id: str  # unique to the claim: the bridge's id, its run's and a count
+    bridge_id: str
+    at_ms: int  # when the bridge asked, on its clock
+    floor_ms: int  # the message was posted after this: the site had nothing pending then
+
+    def value(self) -> str:
+        return f"{self.at_ms}:{self.floor_ms}:{self.bridge_id}"
+
+    @classmethod
+    def read(cls, note_id: str, value: str) -> ClaimNote | None:
+        at, _, rest = value.partition(":")
+        floor, _, bridge_id = rest.partition(":")
+        try:
+            return cls(note_id, bridge_id, int(at), int(floor))
+        except ValueError:
+            return None
+
+
 class Reservation(IntEnum):
     """What came of asking for a slot for a job."""
 
@@ -110,9 +132,12 @@ def attempts_json(attempts: list[Attempt]) -> str:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, finished_retention_s: float = 86400.0
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.finished_retention_s = finished_retention_s
         self._record_claims = register(client, "record_claims")
         self._move = register(client, "move")
         self._finish = register(client, "finish")
@@ -121,7 +146,6 @@ class Ledger:
         self._reserve = register(client, "reserve")
         self._release_leaked = register(client, "release_leaked")
         self._revive = register(client, "revive")
-        self._prune = register(client, "prune_finished")
 
     # Reading ------------------------------------------------------------------------------
 
@@ -162,12 +186,8 @@ class Ledger:
         return int(active), int(dead)
 
     def finished_count(self) -> int:
-        return int(self.redis.zcard(self.keys.finished_jobs))
-
-    def finished_since(self, since: float) -> list[tuple[str, float]]:
-        """Jobs finished at or after `since`, with when, oldest first."""
-        found = self.redis.zrangebyscore(self.keys.finished_jobs, since, "+inf", withscores=True)
-        return [(str(job_id), float(at)) for job_id, at in cast(list[tuple[str, float]], found)]
+        """How many jobs have finished."""
+        return int(cast(str | None, self.redis.get(self.keys.finished_jobs)) or 0)
 
     def held_by(self, bridge_id: str) -> list[Job]:
         """The active jobs this bridge holds and has not yet dispatched."""
@@ -196,9 +216,10 @@ class Ledger:
         *,
         scored: bool,
         state: JobState = JobState.CLAIMED,
+        note: str = "",
     ) -> Claim:
         """Write a just-claimed message first of all: its reply's job and, when `scored`, its
-        score's, in one step."""
+        score's, in one step; the claim's `note` goes with it."""
         now = time.time()
         deadline = now + deadline_s
         reply = self._new_job(message_id, JobKind.REPLY, message, bridge_id, state, now, deadline)
@@ -209,8 +230,13 @@ class Ledger:
             slim = {name: value for name, value in message.items() if name != "context"}
             score = self._new_job(score_id, JobKind.SCORE, slim, bridge_id, state, now, deadline)
         written = self._record_claims(
-            keys=[self.keys.active_jobs, self.keys.job(message_id), self.keys.job(score_id)],
-            args=[deadline, message_id, score_id, len(reply), *reply, *score],
+            keys=[
+                self.keys.active_jobs,
+                self.keys.job(message_id),
+                self.keys.job(score_id),
+                self.keys.claim_notes,
+            ],
+            args=[deadline, message_id, score_id, note, len(reply), *reply, *score],
         )
         return Claim(int(written))
 
@@ -473,6 +499,7 @@ class Ledger:
                 now,
                 outcome or state.value,
                 "1" if state is JobState.DEAD else "0",
+                int(self.finished_retention_s * 1000),
                 *flatten(fields),
             ],
             client=pipe,
@@ -518,29 +545,12 @@ class Ledger:
             for (_, attempt), (current, state, server) in zip(attempts, pipe.execute(), strict=True)
         ]
 
-    def prune_finished(self, older_than_s: float, limit: int = 500) -> int:
-        """Forget finished jobs past their retention (dead letters are kept)."""
-        keys = self.keys
-        pruned = self._prune(
-            keys=[keys.finished_jobs],
-            args=[
-                time.time() - older_than_s,
-                limit,
-                keys.job_prefix,
-                keys.once_eq_prefix,
-            ],
-        )
-        return int(pruned)
-
     # Bridges ------------------------------------------------------------------------------
 
     def say_alive(self, bridge_id: str, ttl_s: float) -> None:
         """While this key lives, the jobs the bridge holds are its own; when it expires the
         sweep hands them to other bridges."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.bridge(bridge_id), f"{time.time():.3f}", px=int(ttl_s * 1000))
-        pipe.sadd(self.keys.bridges, bridge_id)
-        pipe.execute()
+        self.redis.set(self.keys.bridge(bridge_id), f"{time.time():.3f}", px=int(ttl_s * 1000))
 
     def bridges_alive(self, bridge_ids: list[str]) -> list[bool]:
         if not bridge_ids:
@@ -550,9 +560,28 @@ class Ledger:
             pipe.exists(self.keys.bridge(bridge_id))
         return [bool(found) for found in pipe.execute()]
 
-    def known_bridges(self) -> set[str]:
-        """Every bridge id ever seen: whose claims on the site are ours."""
-        return set(self.redis.smembers(self.keys.bridges))  # type: ignore[arg-type]
+    # Claims in the making -------------------------------------------------------------------
+
+    def note_claim(self, note: ClaimNote) -> None:
+        """Before a bridge asks the site for a message: should its jobs never be written (the
+        bridge killed meanwhile, the answer lost), recovery looks for it."""
+        self.redis.hset(self.keys.claim_notes, note.id, note.value())
+
+    def drop_claim_note(self, note_id: str) -> None:
+        """The claim came to nothing on the site (nothing pending, or never sent)."""
+        self.redis.hdel(self.keys.claim_notes, note_id)
+
+    def claim_notes(self) -> list[ClaimNote]:
+        notes = self.redis.hgetall(self.keys.claim_notes)
+        return [
+            note
+            for note_id, value in cast(dict[str, str], notes).items()
+            if (note := ClaimNote.read(note_id, value)) is not None
+        ]
+
+    def forget_claim_notes(self, note_ids: list[str]) -> None:
+        if note_ids:
+            self.redis.hdel(self.keys.claim_notes, *note_ids)
 
     # An operator's levers -----------------------------------------------------------------
 
@@ -563,13 +592,7 @@ class Ledger:
         keys = self.keys
         answer = int(
             self._revive(
-                keys=[
-                    keys.job(job_id),
-                    keys.active_jobs,
-                    keys.finished_jobs,
-                    keys.dead_letters,
-                    keys.retry_jobs,
-                ],
+                keys=[keys.job(job_id), keys.active_jobs, keys.dead_letters, keys.retry_jobs],
                 args=[job_id, round(now + deadline_s, 3), f"{now:.3f}", keys.slot_events],
             )
         )

@@ -105,7 +105,7 @@ class Keys:
 
     @property
     def finished_jobs(self) -> str:
-        """Sorted set of finished job ids by finish time, trimmed by the sweep."""
+        """String: how many jobs have finished. A finished job's hash expires by itself."""
         return f"{self.prefix}:jobs:finished"
 
     def once_eq(self, job_id: str) -> str:
@@ -127,9 +127,11 @@ class Keys:
         return f"{self.prefix}:bridge:{bridge_id}"
 
     @property
-    def bridges(self) -> str:
-        """Set of bridge ids ever seen, so recovery knows whose claims on the site are ours."""
-        return f"{self.prefix}:bridges"
+    def claim_notes(self) -> str:
+        """Hash: a claim a bridge is making (noted before it asks the site, taken away when its
+        jobs are written). One left behind marks a claim that may be lost: recovery looks for
+        it on the site, and only then."""
+        return f"{self.prefix}:claims:noted"
 
     @property
     def sweep_lock(self) -> str:

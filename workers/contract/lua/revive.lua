@@ -1,10 +1,9 @@
 -- revive: place a dead letter again: back among the active jobs with a new deadline, out of
--- the finished jobs and the dead letters, its failures so far forgiven, queued for any bridge.
+-- the dead letters, its failures so far forgiven, queued for any bridge.
 -- KEYS[1] the job's hash
 -- KEYS[2] active jobs: sorted set by deadline
--- KEYS[3] finished jobs
--- KEYS[4] dead letters
--- KEYS[5] retry set
+-- KEYS[3] dead letters
+-- KEYS[4] retry set
 -- ARGV[1] job id
 -- ARGV[2] the new deadline (epoch seconds)
 -- ARGV[3] now (epoch seconds)
@@ -18,11 +17,10 @@ if state ~= DEAD then return -1 end
 if apology == '1' then return -2 end
 local forgiven = attempts and #cjson.decode(attempts) or 0
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('LREM', KEYS[4], 0, ARGV[1])
+redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
 redis.call('HSET', KEYS[1], 'state', RETRYING, 'bridge_id', '', 'attempts_from', forgiven,
   'deadline', ARGV[2], 'reason', '')
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('PUBLISH', ARGV[4], 'retry:' .. ARGV[3])
 return 1
