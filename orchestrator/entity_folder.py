@@ -199,7 +199,19 @@ class EntityFolder:
     # A catalog's reading, now ----------------------------------------------------------------
 
     def get(self, entity_id: str) -> Entity | None:
-        return self.catalog().get(entity_id)
+        """The entity now; one named by a message but not loaded yet is looked for at once,
+        should its file have been added within the second."""
+        found = self.catalog().get(entity_id)
+        if found is None and self._has_file_for(entity_id):
+            self.look()
+            found = self._catalog.get(entity_id)
+        return found
+
+    def _has_file_for(self, entity_id: str) -> bool:
+        if not entity_id or "/" in entity_id or entity_id.startswith("."):
+            return False
+        name = f"{entity_id}.json"
+        return name not in self._readings and (self.folder / name).is_file()
 
     @property
     def global_settings(self) -> GlobalSettings:

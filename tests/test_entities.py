@@ -394,10 +394,10 @@ def test_edits_take_effect_at_the_next_look_without_a_restart(
     write(tmp_path, "bot.json", MINIMAL)
     folder = EntityFolder(tmp_path, clock=clock)
     write(tmp_path, "new.json", {"model": "m", "systemPrompt": "hello"})
-    assert folder.get("new") is None  # not looked at again within the second
-    clock.now += 1.0
-    added = folder.get("new")
+    assert folder.catalog().get("new") is None  # the folder is looked at once a second
+    added = folder.get("new")  # but a message naming a file just added finds it at once
     assert added is not None and added.system_prompt == "hello"
+    assert folder.get("nobody") is None  # a name with no file is no cause to look again
     write(tmp_path, "new.json", {"model": "m", "systemPrompt": "changed, and longer"})
     write(tmp_path, "global.json", {"globalStopSequences": ["\\n"]})
     (tmp_path / "bot.json").unlink()

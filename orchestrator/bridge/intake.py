@@ -118,9 +118,9 @@ class Intake:
     def prepare(self, job_id: str, kind: JobKind, raw: dict[str, Any], trim: int = 0) -> ReadyJob:
         message = valid_message(raw)
         params = message.bot_params
-        catalog = self.services.entities.catalog()
+        entities = self.services.entities
         if kind is JobKind.SCORE:
-            scorer = catalog.get(self.settings.eq_entity)
+            scorer = entities.get(self.settings.eq_entity)
             if scorer is None:
                 raise Rejection(f"no scorer: entity {self.settings.eq_entity!r} is not loaded")
             if not scorer.enabled:
@@ -132,7 +132,7 @@ class Intake:
             entity_id = params.entity if params else None
             if not entity_id:
                 raise Rejection("message names no entity")
-            found = catalog.get(entity_id)
+            found = entities.get(entity_id)
             if found is None:
                 raise Rejection(f"unknown entity {entity_id!r}")
             refusal = found.refusal()
@@ -142,7 +142,7 @@ class Intake:
             request = build_chat_request(
                 entity,
                 message,
-                catalog.global_settings,
+                entities.global_settings,
                 history_budget_factor=TRIM_FACTOR**trim,
             )
         priority = params.effective_priority if params else 5

@@ -54,14 +54,13 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
 
 def deliver_reply(services: Services, job: Job, result: GenerateResult) -> str:
     message = Message.model_validate(job.message)
-    catalog = services.entities.catalog()
-    entity = catalog.get(job.entity or "")
+    entity = services.entities.get(job.entity or "")
     if entity is None:
         reason = f"entity {job.entity!r} vanished before delivery"
         services.ledger.finish(job.id, JobState.REJECTED, reason=reason, outcome=Outcome.REJECTED)
         complete(services, job.message_id)
         return "rejected"
-    text = post_process(result.outcome.text, entity, catalog.global_settings)
+    text = post_process(result.outcome.text, entity, services.entities.global_settings)
     if text is None:
         outcome = Outcome.SKIPPED
         log.info("job=%s server=%s reply skipped by the entity's rules", job.id, result.server_id)
