@@ -165,3 +165,18 @@ def test_every_message_is_scored_once_by_the_scorers_own_server_and_none_is_lost
     for job_id in later_scores:
         assert dead[job_id]["kind"] == "score"
         assert "no online server has model eq-score-f16" in dead[job_id]["reason"]
+
+    # With the scorer back, a lost score retried from `jobs` is applied, once.
+    stack.start_worker("scorer")
+    retried = later_scores[0]
+    outcome = CliRunner().invoke(
+        app, ["jobs", "retry", retried], env={"OLLAMA_CLOUD_REDIS_URL": stack.redis_url}
+    )
+    assert outcome.exit_code == 0, outcome.output
+    wait_for(lambda: finished(stack, [retried]), 60, what="the retried score")
+    (job,) = stack.ledger.get_many([retried])
+    assert (job.outcome, job.server_id) == (Outcome.SCORED, "scorer")
+    comments, _, global_retried = site(stack)
+    assert job.score is not None and comments[job.message_id]["eqScore"] == job.score
+    assert global_retried == global_final + job.score
+    assert max(patches(stack).values()) == 1
