@@ -13,11 +13,12 @@ import pytest
 
 from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
+from orchestrator.control.recovery import RecoveryPass, recover
 from orchestrator.control.sweep import purge_returned, queued_attempt
 from orchestrator.domain.job import Outcome, score_job_id
 from orchestrator.services import Services
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import Claim, Reservation
+from orchestrator.state.ledger import Claim, ClaimNote, Reservation
 from standins import SAMPLE_ENTITIES_DIR
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
@@ -284,3 +285,43 @@ def test_no_more_jobs_wait_in_the_bridge_than_the_fleet_has_slots(
     queue_up(bridge, db_path, [(f"l{index}", "the-eternal") for index in range(1, 6)])
     assert sorted(ready.job_id for ready in bridge.waiting) == ["l2", "l3"]
     assert [statuses(db_path)[f"l{index}"] for index in (4, 5)] == ["pending", "pending"]
+
+
+def test_recovery_asks_the_site_nothing_in_steady_state_and_little_for_a_lost_claim(
+    bridge: Bridge,
+) -> None:
+    services = bridge.services
+    register_server(bridge, "mac-1", "llama3.2:3b")
+    hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    for n in range(200):
+        services.queue.post_comment(
+            {"id": f"old-{n}", "timestamp": hour_ago_ms + n, "text": "x" * 500, "username": "ada",
+             "message-type": "human", "botParams": {"entity": "the-eternal"}}
+        )  # fmt: skip
+    fleet = services.fleet.read()
+    while bridge.claim_one(fleet):
+        pass
+    assert services.ledger.claim_notes() == []  # each claim's note went with its ledger write
+    assert recover(services) == RecoveryPass()  # nothing in doubt: the site is not asked
+
+    # A claim the site made but the ledger never heard of: its note outlives it.
+    services.queue.post_comment(
+        {"id": "lost", "text": "hello", "username": "ada", "message-type": "human",
+         "botParams": {"entity": "the-eternal"}}
+    )  # fmt: skip
+    now_ms = int(time.time() * 1000)
+    services.ledger.note_claim(
+        ClaimNote("bridge-test:run:1", "bridge-test", now_ms - 60_000, bridge._nothing_pending_ms)
+    )
+    assert services.queue.claim_next("bridge-test").message is not None
+    history = services.queue.bytes_received
+    services.queue.comments_after(0)
+    history = services.queue.bytes_received - history
+
+    found = recover(services)
+    assert (found.recovered, found.notes) == (1, 1)
+    assert 0 < found.site_bytes < history / 20  # only what came after the queue was last empty
+    (job,) = services.ledger.get_many(["lost"])
+    assert job.state is JobState.RETRYING
+    assert services.ledger.claim_notes() == []
+    assert recover(services) == RecoveryPass()

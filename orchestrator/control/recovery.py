@@ -42,7 +42,10 @@ def recover(services: Services) -> RecoveryPass:
         return RecoveryPass()
     bytes_before = services.queue.bytes_received
     after_ms = min(note.floor_ms for note in due) - CLOCK_SLACK_MS
-    began = {note.bridge_id: note.at_ms - CLOCK_SLACK_MS for note in due}
+    began: dict[str, int] = {}  # each bridge's earliest claim in doubt
+    for note in due:
+        began[note.bridge_id] = min(began.get(note.bridge_id, note.at_ms), note.at_ms)
+    began = {bridge_id: at_ms - CLOCK_SLACK_MS for bridge_id, at_ms in began.items()}
     recovered = 0
     for message in services.queue.comments_after(after_ms):
         params = message.get("botParams")
