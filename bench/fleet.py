@@ -246,7 +246,7 @@ def main() -> None:
         result = run_policy(policy, messages, phantoms)
         name = "ours" if policy == "soonest" else policy
         report["policies"][name] = result
-        print(name, json.dumps(result), flush=True)
+        print(name, json.dumps(result), file=sys.stderr, flush=True)
     if args.servers:
         report.update(route_ms_p99(args.servers))
         report["bridge_rss_mb"] = report["policies"].get("ours", {}).get("bridge_rss_mb")

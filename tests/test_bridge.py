@@ -310,8 +310,13 @@ def test_recovery_asks_the_site_nothing_in_steady_state_and_little_for_a_lost_cl
          "botParams": {"entity": "the-eternal"}}
     )  # fmt: skip
     now_ms = int(time.time() * 1000)
+    # The bridge told the others when it saw the site empty: one started now counts from there.
+    seen_empty = services.ledger.site_seen_empty_ms()
+    assert seen_empty is not None and now_ms - 60_000 < seen_empty <= now_ms
+    restarted = Bridge(services, make_app(services.settings))
+    assert restarted._nothing_pending_ms == seen_empty
     services.ledger.note_claim(
-        ClaimNote("bridge-test:run:1", "bridge-test", now_ms - 60_000, bridge._nothing_pending_ms)
+        ClaimNote("bridge-test:run:1", "bridge-test", now_ms - 60_000, seen_empty)
     )
     assert services.queue.claim_next("bridge-test").message is not None
     history = services.queue.bytes_received

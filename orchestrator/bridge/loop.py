@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ALIVE_EVERY_S = 1.0  # how often the bridge says it is alive, and looks for retries regardless
 QUEUE_BACKOFF_MIN_S = 0.2
 QUEUE_BACKOFF_MAX_S = 5.0
+EMPTY_SHARED_EVERY_S = 1.0  # how often a bridge tells the others it saw the site empty
 
 
 class Bridge:
@@ -56,8 +57,11 @@ class Bridge:
         self._retry_check_at = 0.0  # next time to look for due retries
         self._claims = itertools.count()
         self._run = secrets.token_hex(4)  # this run's, so its notes are its own after a restart
-        # Until the site is seen with nothing pending, a message claimed may be this old.
-        self._nothing_pending_ms = int((time.time() - self.settings.recover_window_s) * 1000)
+        # A message claimed now was posted after the last time the site had nothing pending;
+        # until this bridge sees that itself, the last time any bridge did, or the window.
+        window_ms = int((time.time() - self.settings.recover_window_s) * 1000)
+        self._nothing_pending_ms = max(window_ms, services.ledger.site_seen_empty_ms() or 0)
+        self._empty_shared_at = 0.0  # when this bridge last told the others, monotonic
 
     @property
     def waiting(self) -> list[ReadyJob]:
@@ -167,6 +171,9 @@ class Bridge:
         if message is None or claimed.remaining_pending == 0:
             # Nothing else pending: whatever is claimed next was posted after this.
             self._nothing_pending_ms = asked_ms
+            if time.monotonic() - self._empty_shared_at >= EMPTY_SHARED_EVERY_S:
+                self._empty_shared_at = time.monotonic()
+                self.services.ledger.note_site_empty(asked_ms)
         if message is None:
             self.services.ledger.drop_claim_note(note.id)
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s

@@ -38,6 +38,14 @@ def recover(services: Services) -> RecoveryPass:
         for note in ledger.claim_notes()
         if now_ms - note.at_ms >= settings.recover_after_s * 1000
     ]
+    stale = [note for note in due if now_ms - note.at_ms > settings.recover_window_s * 1000]
+    if stale:  # looked for in vain for a whole window (the site unreachable all along)
+        ledger.forget_claim_notes([note.id for note in stale])
+        log.error(
+            "recovery: %d claims in doubt older than the recovery window given up, the oldest "
+            "by %s", len(stale), min(stale, key=lambda note: note.at_ms).bridge_id,
+        )  # fmt: skip
+        due = [note for note in due if note not in stale]
     if not due:
         return RecoveryPass()
     bytes_before = services.queue.bytes_received

@@ -571,6 +571,15 @@ class Ledger:
         """The claim came to nothing on the site (nothing pending, or never sent)."""
         self.redis.hdel(self.keys.claim_notes, note_id)
 
+    def note_site_empty(self, at_ms: int) -> None:
+        """The site had nothing pending at `at_ms`: whatever is claimed later was posted later.
+        Shared by every bridge, and kept across their restarts."""
+        self.redis.zadd(self.keys.site_seen_empty, {"at": at_ms}, gt=True)
+
+    def site_seen_empty_ms(self) -> int | None:
+        at = self.redis.zscore(self.keys.site_seen_empty, "at")
+        return None if at is None else int(at)
+
     def claim_notes(self) -> list[ClaimNote]:
         notes = self.redis.hgetall(self.keys.claim_notes)
         return [

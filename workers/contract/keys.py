@@ -127,6 +127,12 @@ class Keys:
         return f"{self.prefix}:bridge:{bridge_id}"
 
     @property
+    def site_seen_empty(self) -> str:
+        """Sorted set of one member: the latest time any bridge saw the site with nothing
+        pending (a message claimed after it was posted after it). Kept only ever growing."""
+        return f"{self.prefix}:claims:site-empty"
+
+    @property
     def claim_notes(self) -> str:
         """Hash: a claim a bridge is making (noted before it asks the site, taken away when its
         jobs are written). One left behind marks a claim that may be lost: recovery looks for
