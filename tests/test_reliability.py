@@ -15,7 +15,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from orchestrator.domain.job import Job
+from orchestrator.domain.job import Job, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.ops.status import FleetStatus, ServerRow, read_status, status_table
 from orchestrator.state.ledger import Ledger
@@ -138,7 +138,10 @@ def comments(stack: LocalStack) -> dict[str, dict[str, Any]]:
 
 def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
     """Every message: one reply, completed on the site, answered in the ledger; EQ once."""
-    finished = wait_finished(stack, ids)
+    scored = [score_job_id(message_id) for message_id in ids] if stack.jobs_per_message > 1 else []
+    finished = wait_finished(stack, ids + scored)
+    for score_id in scored:
+        assert finished.pop(score_id).outcome == "scored", score_id
     everything = comments(stack)
     replies = Counter(
         str(c.get("replyTo")) for c in everything.values() if c.get("message-type") == "AI"
