@@ -40,6 +40,12 @@ class Claim(IntEnum):
     SCORE_ID_TAKEN = 2  # its reply's job is written; its score's id was another job's
 
 
+def stamp(at: float) -> str:
+    """A time as the ledger writes it: seconds to the millisecond, enough for any reading and
+    short enough to keep a finished job's hash in Redis's compact encoding."""
+    return f"{at:.3f}"
+
+
 @dataclass(frozen=True)
 class ClaimNote:
     """A claim a bridge began: when, and how old the message it gets may be at most."""
@@ -259,8 +265,8 @@ class Ledger:
                 "message": json.dumps(message),
                 "attempt": 0,
                 "bridge_id": bridge_id,
-                "claimed_at": now,
-                "deadline": deadline,
+                "claimed_at": stamp(now),
+                "deadline": stamp(deadline),
             }
         )
 
@@ -313,7 +319,7 @@ class Ledger:
             "state": JobState.DISPATCHED.value,
             "attempt": str(attempt),
             "server_id": server_id,
-            "dispatched_at": str(time.time()),
+            "dispatched_at": stamp(time.time()),
             # Not begun, no result: what an earlier attempt noted must not hide a lost task or
             # a lost server from the sweep.
             "started_at": "0",
@@ -366,7 +372,7 @@ class Ledger:
         """The retries due now, each now held (`waiting`) by this bridge alone."""
         answer = self._take_retries(
             keys=[self.keys.retry_jobs],
-            args=[f"{time.time():.3f}", limit, self.keys.job_prefix, bridge_id],
+            args=[stamp(time.time()), limit, self.keys.job_prefix, bridge_id],
         )
         return [Job.from_hash(pairs_to_dict(flat)) for flat in answer]
 
@@ -414,8 +420,8 @@ class Ledger:
     def note_redelivery(self, job_id: str, state: JobState) -> bool:
         """Stamp a redelivery of the kept result, so the sweep waits a stall again before the
         next: `result_at` while dispatched, `delivering_at` while delivering."""
-        stamp = "result_at" if state is JobState.DISPATCHED else "delivering_at"
-        return self._step(job_id, (state,), {stamp: f"{time.time():.3f}"})
+        field = "result_at" if state is JobState.DISPATCHED else "delivering_at"
+        return self._step(job_id, (state,), {field: stamp(time.time())})
 
     # Ending -------------------------------------------------------------------------------
 
@@ -472,11 +478,11 @@ class Ledger:
         if not state.finished:
             raise ValueError(f"{state} is not a finished state")
         now = time.time()
-        fields: dict[str, Any] = {"state": state.value, "finished_at": now}
+        fields: dict[str, Any] = {"state": state.value, "finished_at": stamp(now)}
         if started_at is not None:
-            fields["started_at"] = started_at
+            fields["started_at"] = stamp(started_at)
         if generated_at is not None:
-            fields["generated_at"] = generated_at
+            fields["generated_at"] = stamp(generated_at)
         if score is not None:
             fields["score"] = score
         if reason is not None:
@@ -550,7 +556,7 @@ class Ledger:
     def say_alive(self, bridge_id: str, ttl_s: float) -> None:
         """While this key lives, the jobs the bridge holds are its own; when it expires the
         sweep hands them to other bridges."""
-        self.redis.set(self.keys.bridge(bridge_id), f"{time.time():.3f}", px=int(ttl_s * 1000))
+        self.redis.set(self.keys.bridge(bridge_id), stamp(time.time()), px=int(ttl_s * 1000))
 
     def bridges_alive(self, bridge_ids: list[str]) -> list[bool]:
         if not bridge_ids:
@@ -602,7 +608,7 @@ class Ledger:
         answer = int(
             self._revive(
                 keys=[keys.job(job_id), keys.active_jobs, keys.dead_letters, keys.retry_jobs],
-                args=[job_id, round(now + deadline_s, 3), f"{now:.3f}", keys.slot_events],
+                args=[job_id, stamp(now + deadline_s), stamp(now), keys.slot_events],
             )
         )
         job = self.get(job_id)
@@ -673,7 +679,7 @@ class Ledger:
                 bridge_id,
                 self.keys.inflight_prefix,
                 self.keys.slot_events,
-                "" if retry_at is None else f"{retry_at:.3f}",
+                "" if retry_at is None else stamp(retry_at),
                 *flatten(fields),
             ],
         )
