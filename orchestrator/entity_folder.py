@@ -56,14 +56,16 @@ def read_file(path: Path, version: tuple[int, int]) -> FileReading:
     reading = FileReading(version)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reading.problem = str(exc)
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON,
+        reading.problem = str(exc)[:200]  # a number past Python's digits, nesting too deep
         return reading
     if path.name == GLOBAL_FILE:
         try:
             reading.global_settings = GlobalSettings.model_validate(document)
         except ValidationError as exc:
             reading.problem = one_line(exc)
+        except (ValueError, TypeError, RecursionError) as exc:
+            reading.problem = str(exc)[:200]
         return reading
     if isinstance(document, dict) and isinstance(document.get("entities"), list):
         entries, stem = document["entities"], None
@@ -77,15 +79,18 @@ def read_file(path: Path, version: tuple[int, int]) -> FileReading:
         if not isinstance(entry, dict):
             problems.append(f"{where} not a JSON object".strip())
             continue
-        fields, notes = as_the_site_bot_reads(entry)
-        if stem:
-            if entry.get("id") not in (None, stem):
-                notes.append(f"id {entry.get('id')!r} differs from the file's name: {stem!r} used")
-            fields["id"] = stem
         try:
+            fields, notes = as_the_site_bot_reads(entry)
+            if stem:
+                if entry.get("id") not in (None, stem):
+                    notes.append(f"id {entry.get('id')!r} is not the file's name: {stem!r} used")
+                fields["id"] = stem
             entity = Entity.model_validate(fields)
         except ValidationError as exc:
             problems.append(f"{where} {one_line(exc)}".strip())
+            continue
+        except (ValueError, TypeError, RecursionError) as exc:  # whatever else a value holds
+            problems.append(f"{where} {str(exc)[:200]}".strip())
             continue
         if notes:
             log.info("entity file %s%s: %s", path.name, where, "; ".join(notes))

@@ -31,6 +31,12 @@ HOSTILE: dict[str, dict[str, Any]] = {
     "no-text": {"username": "ada", "timestamp": 1},
     "text-not-string": {"text": 42, "username": "ada", "timestamp": 2},
     "context-not-list": {"text": "hi", "username": "ada", "timestamp": 3, "context": "ada: hi"},
+    "context-odd-lines": {
+        "text": "hi",
+        "username": "ada",
+        "timestamp": 3,
+        "context": ["bo: hello", 7, None, {}],
+    },
     "priority-as-word": {"text": "hi", "username": "ada", "timestamp": 4, "priority": "high"},
     "timestamp-string": {"text": "hi", "username": "ada", "timestamp": "yesterday"},
     "no-username": {"text": "hi", "timestamp": 5},
@@ -141,6 +147,9 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
     assert jobs["no-server-has-model"].state is JobState.DEAD
     assert "qwen2.5:7b" in (jobs["no-server-has-model"].reason or "")
     assert jobs["huge-text"].state is JobState.DEAD
+    # Odd context lines are left out, not the message: it is placed (here, on no server).
+    assert jobs["context-odd-lines"].state is JobState.DEAD
+    assert "no online server has model" in (jobs["context-odd-lines"].reason or "")
     # Each message's score is a job of its own: none is left running, and none vanishes.
     scores = {
         job.message_id: job
@@ -149,13 +158,13 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
     assert set(scores) == set(HOSTILE)
     for message_id in ("no-text", "text-not-string", "context-not-list", "timestamp-string"):
         assert scores[message_id].outcome is Outcome.REJECTED, message_id  # nothing to score
-    for message_id in ("unknown-entity", "no-server-has-model", "huge-text"):
+    for message_id in ("unknown-entity", "no-server-has-model", "huge-text", "context-odd-lines"):
         lost = scores[message_id]  # its text could be scored, but no server has the scorer's
         assert (lost.state, lost.outcome) == (JobState.DEAD, Outcome.SCORE_LOST), message_id
         assert "llama3.2:3b (entity eq-score)" in (lost.reason or "")
     dead = bridge.services.ledger.dead_job_ids()
     assert sorted(dead) == sorted(
-        ["no-server-has-model", "huge-text"]
+        ["no-server-has-model", "huge-text", "context-odd-lines"]
         + [score_job_id(m) for m, job in scores.items() if job.state is JobState.DEAD]
     )
 

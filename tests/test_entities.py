@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.domain.entities import Entity, EntityCatalog
+from orchestrator.domain.entities import Entity, EntityCatalog, as_the_site_bot_reads
 from orchestrator.domain.messages import Message
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
 from orchestrator.entity_folder import EntityFolder, load_entities
@@ -91,8 +91,8 @@ def test_fields_we_do_not_use_are_kept(operator: EntityCatalog) -> None:
     extra = archivist.model_extra or {}
     for name in ("modelServer", "systemRole", "messagesToRead", "greeting", "amazon-link"):
         assert name in extra, name
-    assert (archivist.default_priority, archivist.response_chance) == (50, 0.4)
-    assert archivist.rate_limits == {
+    assert (extra["defaultPriority"], extra["responseChance"]) == (50, 0.4)
+    assert extra["rateLimits"] == {
         "minSecondsBetweenPosts": 10,
         "maxPostsPerMinute": 3,
         "maxPostsPerHour": 40,
@@ -299,27 +299,50 @@ def test_defaults_and_names() -> None:
     assert plain.username == "bot"  # no username: the id
     assert (plain.temperature, plain.max_tokens, plain.top_p, plain.top_k) == (0.7, 150, 0.9, 40)
     assert (plain.repeat_penalty, plain.min_p, plain.stop) == (1.1, 0.05, [])
-    assert (plain.default_priority, plain.context_tokens, plain.num_ctx) == (5, 8192, None)
+    assert (plain.context_tokens, plain.num_ctx) == (8192, None)
     assert plain.system_text == "You are bot."
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"temperature": -0.1},
-        {"nom": -1},
-        {"topP": 1.5},
-        {"responseChance": 2},
         {"model": ""},
         {"id": ""},
         {"stop": 5},
         {"filterOut": [1, 2]},
-        {"contextTokens": 400},  # no room left once the reserve is taken
     ],
 )
 def test_invalid_values_are_refused(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         Entity.model_validate({**MINIMAL, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "used"),
+    [
+        ({"temperature": -0.1}, "temperature", 0.7),
+        ({"temperature": float("inf")}, "temperature", 0.7),
+        ({"temperature": "hot"}, "temperature", 0.7),
+        ({"temperature": "0.3"}, "temperature", 0.3),
+        ({"nom": -1}, "nom", 100),
+        ({"topP": 1.5}, "top_p", 0.9),
+        ({"maxTokens": "many"}, "max_tokens", 150),
+        ({"max_tokens": 1e23}, "max_tokens", 150),
+        ({"max_tokens": 120.5}, "max_tokens", 150),
+        ({"top_k": True}, "top_k", 40),
+        ({"num_ctx": 0}, "num_ctx", None),
+        ({"numCtx": 4096}, "num_ctx", 4096),
+        ({"contextTokens": 400}, "context_tokens", 8192),  # no room once the reserve is taken
+    ],
+)
+def test_a_value_no_server_takes_is_not_sent_and_the_entity_still_answers(
+    overrides: dict[str, Any], field: str, used: Any
+) -> None:
+    fields, notes = as_the_site_bot_reads({**MINIMAL, **overrides})
+    entity = Entity.model_validate(fields)
+    assert getattr(entity, field) == used
+    if used in (0.7, 150, 0.9, 40, 100, None, 8192):
+        assert notes, "a value replaced is said in the log"
 
 
 def test_the_files_name_is_the_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -329,14 +352,16 @@ def test_the_files_name_is_the_id(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO, logger="orchestrator.entity_folder"):
         catalog = load_entities(tmp_path)
     assert catalog.ids == ["other", "stem-name"]
-    assert any("'explicit' differs" in record.getMessage() for record in caplog.records)
+    assert any("'explicit' is not the file's name" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
         ("broken.json", '{"id": "broken", "model": ', "Expecting value"),
-        ("wrong-type.json", {"model": "m", "maxTokens": "many"}, "max_tokens"),
+        ("wrong-type.json", {"model": "m", "stop": {"a": 1}}, "stop"),
+        ("huge-number.json", '{"model": "m", "nom": ' + "9" * 5000 + "}", "digits"),
+        ("too-deep.json", '{"model": ' + "[" * 100_000 + "]" * 100_000 + "}", "recursion"),
         ("no-model.json", {"username": "x"}, "no model"),
         ("scalar.json", "42", "not a JSON object"),
     ],

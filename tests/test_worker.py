@@ -21,6 +21,7 @@ from workers.backends.ollama import OllamaClient
 from workers.contract.keys import Keys
 from workers.contract.protocol import ChatRequest, ChatTurn
 from workers.errors import (
+    BadRequest,
     ContextOverflow,
     GenerationTimeout,
     ModelMissing,
@@ -80,6 +81,15 @@ def test_http_errors_map_to_our_types(
     faults(sim, **fault)
     with OllamaClient(sim.urls["mac-1"]) as client, pytest.raises(error):
         client.chat(chat("hello"))
+
+
+def test_an_option_the_server_refuses_is_a_bad_request_not_a_server_fault(
+    sim: SimulatorFleet,
+) -> None:
+    request = chat("hello").model_copy(update={"max_tokens": "many"})  # no server takes it
+    with OllamaClient(sim.urls["mac-1"]) as client, pytest.raises(BadRequest) as refused:
+        client.chat(request)
+    assert not refused.value.kind.server_fault
 
 
 def test_unknown_model_is_model_missing(sim: SimulatorFleet) -> None:

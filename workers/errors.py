@@ -37,6 +37,13 @@ class ContextOverflow(OllamaError):
     kind: ClassVar[ErrorKind] = ErrorKind.CONTEXT_OVERFLOW
 
 
+class BadRequest(OllamaError):
+    """HTTP 400 about the request itself (an option the server refuses): any server would
+    refuse it, so no server is to blame for it."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.BAD_REQUEST
+
+
 class ModelMissing(OllamaError):
     """HTTP 404: the server does not have the model."""
 

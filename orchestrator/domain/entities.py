@@ -23,8 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.domain.messages import DEFAULT_PRIORITY
-
 GLOBAL_FILE = "global.json"
 # Budget of a request: the model's context less this, at about 4 characters a token (the site
 # bot's 8192 - 500).
@@ -40,6 +38,19 @@ FALLBACKS: dict[str, Any] = {
     "repeat_penalty": 1.1,
     "min_p": 0.05,
     "nom": 100,
+}
+# What a model server takes (low, high, whole number): a value outside is not sent. A sampling
+# field's takes its fallback instead, as 0 would; the others are left out.
+LIMITS: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0, 100, False),
+    "max_tokens": (1, 1_000_000, True),
+    "top_p": (0, 1, False),
+    "top_k": (0, 1_000_000, True),
+    "repeat_penalty": (0, 100, False),
+    "min_p": (0, 1, False),
+    "nom": (0, 100_000, True),
+    "num_ctx": (1, 10_000_000, True),
+    "contextTokens": (CONTEXT_RESERVE_TOKENS + 1, 10_000_000, True),
 }
 # Both spellings of a sampling field; snake_case is the newer and wins when a file has both.
 CAMEL_CASE = {
@@ -107,6 +118,17 @@ def model_from_fields(fields: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def within(value: Any, low: float, high: float, *, whole: bool) -> bool:
+    """A number (or its text) in [low, high], and whole if it must be."""
+    if isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return low <= number <= high and (not whole or number.is_integer())
+
+
 def as_the_site_bot_reads(document: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """An entity document as the site bot reads it: one spelling of each field, its
     fallbacks applied (`||`), the model derived; and notes on how, for one log line."""
@@ -121,6 +143,11 @@ def as_the_site_bot_reads(document: Mapping[str, Any]) -> tuple[dict[str, Any], 
     for name, fallback in FALLBACKS.items():
         if name in fields and fields[name] in (0, "", False, None):
             notes.append(f"{name} {fields[name]!r} sent as {fallback} (the site bot's fallback)")
+            del fields[name]
+    for name, (low, high, whole) in LIMITS.items():
+        if name in fields and not within(fields[name], low, high, whole=whole):
+            instead = FALLBACKS.get(name, "the default" if name == "contextTokens" else "nothing")
+            notes.append(f"{name} {fields[name]!r} is not what a server takes: {instead} used")
             del fields[name]
     derived = model_from_fields(fields)
     if derived is not None:
@@ -194,9 +221,6 @@ class Entity(BaseModel):
     filter_out: StringList = Field(default_factory=list, alias="filterOut")
     trim_after: StringList = Field(default_factory=list, alias="trimAfter")
     trim_whitespace: bool = Field(default=False, alias="trimWhitespace")
-    default_priority: int = Field(default=DEFAULT_PRIORITY, ge=0, alias="defaultPriority")
-    response_chance: float = Field(default=1.0, ge=0, le=1, alias="responseChance")
-    rate_limits: dict[str, Any] | None = Field(default=None, alias="rateLimits")
     context_tokens: int = Field(
         default=DEFAULT_CONTEXT_TOKENS, gt=CONTEXT_RESERVE_TOKENS, alias="contextTokens"
     )

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 DEFAULT_PRIORITY = 5
 DEFAULT_DOMAIN = "saywhatwant.app"
 MAX_ID_LENGTH = 200
 REPLY_SUFFIX = "-re"
+
+
+def _text_lines(value: Any) -> Any:
+    """Context lines that are not text (a number, null, an object) are left out, not the
+    message: the deployed queue stores whatever a poster sent."""
+    if isinstance(value, list):
+        return [line for line in value if isinstance(line, str)]
+    return value  # anything else fails validation as it is
+
+
+ContextLines = Annotated[list[str] | None, BeforeValidator(_text_lines)]
 
 
 class BotParams(BaseModel):
@@ -47,7 +58,7 @@ class MessageFields(BaseModel):
     domain: str = DEFAULT_DOMAIN
     message_type: Literal["human", "AI"] = Field(default="human", alias="message-type")
     reply_to: str | None = Field(default=None, alias="replyTo")
-    context: list[str] | None = None
+    context: ContextLines = None
     eq_score: float = Field(default=0, alias="eqScore")
     bot_params: BotParams | None = Field(default=None, alias="botParams")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from orchestrator.domain.model_names import model_key
 from workers.contract.server_record import ServerRecord
 
 
@@ -22,7 +23,7 @@ class ServerView:
     id: str
     capacity: int
     inflight: int
-    models: frozenset[str] = frozenset()
+    models: frozenset[str] = frozenset()  # by their keys (model_names.model_key), as jobs' are
     loaded: frozenset[str] = frozenset()
     healthy: bool = True
     online: bool = True
@@ -45,8 +46,8 @@ class ServerView:
             id=record.id,
             capacity=record.capacity,
             inflight=inflight,
-            models=frozenset(record.models),
-            loaded=frozenset(record.loaded),
+            models=frozenset(model_key(model) for model in record.models),
+            loaded=frozenset(model_key(model) for model in record.loaded),
             healthy=record.ollama_healthy,
             region=record.region,
             location=record.location,

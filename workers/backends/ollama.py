@@ -10,6 +10,7 @@ import httpx
 
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import (
+    BadRequest,
     ContextOverflow,
     GenerationTimeout,
     ModelMissing,
@@ -118,8 +119,8 @@ def _http_error(response: httpx.Response) -> OllamaError:
         return ServerBusy(text)
     if response.status_code == 404:
         return ModelMissing(text)
-    if response.status_code == 400 and "context" in detail.lower():
-        return ContextOverflow(text)
+    if response.status_code == 400:
+        return ContextOverflow(text) if "context" in detail.lower() else BadRequest(text)
     return ServerError(text)
 
 

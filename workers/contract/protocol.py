@@ -25,6 +25,7 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"  # accepted, but no answer within the read allowance
     CONTEXT_OVERFLOW = "context_overflow"  # the prompt does not fit the model's context
     MODEL_MISSING = "model_missing"  # the server does not have the model
+    BAD_REQUEST = "bad_request"  # refused for what it asks (HTTP 400), not the server's fault
     SERVER_ERROR = "server_error"  # any other HTTP error, or an answer that is not the API's
     OLLAMA_ERROR = "ollama_error"  # a server error of no finer kind
     WORKER_ERROR = "worker_error"  # the worker itself failed while running the request
