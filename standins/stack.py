@@ -119,7 +119,8 @@ class LocalStack:
     @property
     def jobs_per_message(self) -> int:
         """A reply's job, and a score's unless scoring is off."""
-        setting = self.extra_env.get(f"{ENV_PREFIX}EQ_ENABLED", "true").strip().lower()
+        name = f"{ENV_PREFIX}EQ_ENABLED"
+        setting = self.extra_env.get(name, os.environ.get(name, "true")).strip().lower()
         return 1 if setting in {"0", "false", "no", "off"} else 2
 
     @property

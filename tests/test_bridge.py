@@ -15,7 +15,7 @@ from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
 from orchestrator.control.recovery import RecoveryPass, recover
 from orchestrator.control.sweep import purge_returned, queued_attempt
-from orchestrator.domain.job import Outcome, score_job_id
+from orchestrator.domain.job import JobKind, Outcome, score_job_id
 from orchestrator.services import Services
 from orchestrator.settings import Settings
 from orchestrator.state.ledger import Claim, ClaimNote, Reservation
@@ -339,3 +339,41 @@ def test_recovery_asks_the_site_nothing_in_steady_state_and_little_for_a_lost_cl
     assert job.state is JobState.RETRYING
     assert services.ledger.claim_notes() == []
     assert recover(services) == RecoveryPass()
+
+
+def test_an_id_that_names_another_message_s_score_is_completed_not_written(
+    scoring_bridge: Bridge, queue_db: tuple[str, Path]
+) -> None:
+    bridge = scoring_bridge
+    _, db_path = queue_db
+    rows = [{"text": "hi", "username": "ada", "timestamp": n} for n in (1, 2)]
+    insert_rows(db_path, [hostile_row("abc", rows[0]), hostile_row("abc#eq", rows[1])])
+    fleet = bridge.services.fleet.read()
+    while bridge.claim_one(fleet):
+        pass
+    assert statuses(db_path) == {"abc": "complete", "abc#eq": "complete"}
+    (score,) = bridge.services.ledger.get_many([score_job_id("abc")])
+    assert score.kind is JobKind.SCORE  # still the score of `abc`, untouched by the other
+    assert bridge.services.ledger.counters().get("rejected_id") == 1
+    assert bridge.services.ledger.claim_notes() == []
+
+
+def test_jobs_cut_short_by_a_redis_error_are_taken_back_once(bridge: Bridge) -> None:
+    """A claim written to the ledger whose placing Redis cut short: the bridge takes it back
+    when Redis answers, and a job already waiting here is not taken twice."""
+    record = ServerRecord(
+        id="mac-1", capacity=1, models=["llama3.2:3b"], ollama_healthy=False, last_beat=time.time()
+    )
+    write_record(bridge.services.redis, bridge.services.keys, record, ttl_s=60)
+    ledger = bridge.services.ledger
+    for message_id in ("waiting-here", "cut-short"):
+        raw = hostile_row(message_id, {"text": "hi", "username": "ada", "timestamp": 1})
+        assert ledger.record_claim(message_id, raw, "bridge-test", 60, scored=False) is (
+            Claim.WRITTEN
+        )
+    bridge.resume(ledger.get_many(["waiting-here"])[0], bridge.services.fleet.read())
+    assert [ready.job_id for ready in bridge.waiting] == ["waiting-here"]
+    bridge.resume_from_ledger()
+    assert sorted(ready.job_id for ready in bridge.waiting) == ["cut-short", "waiting-here"]
+    bridge.resume_from_ledger()
+    assert len(bridge.waiting) == 2

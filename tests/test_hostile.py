@@ -130,10 +130,10 @@ FIELDS: dict[str, Pools] = {
     ),
     "context": Pools(
         good=[MISSING, None, [], ["bo: hello", "ada: hi bo", "bo: how are you?"],
-              NO_SEPARATOR_CONTEXT, HUGE_CONTEXT, ["\u202ertl: \U0001f9ea", "nul: \x00", ""]],
-        odd=[("ada: hi", Kind.BAD), (5, Kind.BAD), ({"ada": "hi"}, Kind.BAD),
-             (["ok: fine", 5], Kind.BAD), ([None], Kind.BAD), ([["nested"]], Kind.BAD),
-             (["ok", {"a": 1}], Kind.BAD), (True, Kind.BAD)],
+              NO_SEPARATOR_CONTEXT, HUGE_CONTEXT, ["\u202ertl: \U0001f9ea", "nul: \x00", ""],
+              # Lines that are not text are left out; the rest of the message stands.
+              ["ok: fine", 5], [None], [["nested"]], ["ok", {"a": 1}]],
+        odd=[("ada: hi", Kind.BAD), (5, Kind.BAD), ({"ada": "hi"}, Kind.BAD), (True, Kind.BAD)],
     ),
 }  # fmt: skip
 
@@ -586,7 +586,7 @@ def hand_written(entities: EntityCatalog) -> list[Hostile]:
         Hostile(valid("L" * (MAX_ID + 1)), malformed),
         Hostile(valid("no-text", text=None), malformed),
         Hostile(valid("priority-word", botParams={"priority": "high"}), malformed),
-        Hostile(valid("context-ints", context=["ok: fine", 5]), malformed),
+        Hostile(valid("context-ints", context=["ok: fine", 5]), placed, as_eternal),
         Hostile(valid("timestamp-word", timestamp="yesterday"), malformed),
         Hostile(valid("entity-list", botParams={"entity": ["the-eternal"]}), malformed),
         Hostile({**valid("params-string"), "botParams": "the-eternal"}, {Fate.NO_ENTITY}),

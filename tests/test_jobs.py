@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
-from orchestrator.domain.job import Attempt, Job
+from orchestrator.domain.job import Attempt, Job, Outcome, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.ops.jobs import DROP_OUTCOME, DROP_REASON
 from orchestrator.services import connect_redis
@@ -27,9 +27,11 @@ from orchestrator.state.ledger import Claim, Ledger, Reservation
 from standins.embedded_redis import free_port
 from standins.http_server import ThreadedServer
 from standins.local_queue import QueueStore, build_app
+from standins.waiting import wait_for
+from workers.contract.attempts import AttemptLedger
 from workers.contract.job import JobState
 from workers.contract.keys import Keys
-from workers.contract.protocol import ErrorKind
+from workers.contract.protocol import ChatOutcome, ErrorKind, GenerateResult
 
 BRIDGE = "bridge-test"
 ENTITY = "the-eternal"
@@ -335,7 +337,7 @@ def test_drop_frees_a_dispatched_jobs_slot_and_completes_it_on_the_site(
     assert ledger.counters() == {DROP_OUTCOME: 1}
     assert site_status(db_path, "stuck") == "complete"
     # The server's late result is stale: no reply is posted for it.
-    assert not ledger.begin_delivery("stuck", 1, "mac-1").current
+    assert not ledger.begin_delivery("stuck", 1, "mac-1", "{}").current
 
 
 def test_drop_takes_a_job_out_of_the_retry_set(
@@ -436,3 +438,53 @@ def test_the_sweeps_view_leaves_out_an_unreadable_job_and_reads_the_rest(ledger:
     fine = rows["fine"]
     assert fine is not None
     assert (fine.state, fine.bridge_id, fine.attempt) == (JobState.WAITING, BRIDGE, 0)
+
+
+def test_a_result_delivered_before_its_worker_kept_it_is_kept_by_the_delivery(
+    ledger: Ledger,
+) -> None:
+    """A worker sends its result first and keeps it after: should delivery begin in between,
+    delivery keeps it, so a control worker lost midway loses no reply."""
+    claim(ledger, "raced")
+    dispatch(ledger, "raced", "mac-1", 1)
+    now = time.time()
+    result = GenerateResult(
+        job_id="raced", attempt=1, server_id="mac-1",
+        outcome=ChatOutcome(ok=True, text="the reply"), started_at=now, finished_at=now,
+    )  # fmt: skip
+    start = ledger.begin_delivery("raced", 1, "mac-1", result.model_dump_json())
+    assert start.current
+    assert not AttemptLedger(ledger.redis, ledger.keys).keep_result(result)  # too late
+    kept = current(ledger, "raced")
+    assert kept.state is JobState.DELIVERING
+    assert kept.result is not None
+    assert GenerateResult.model_validate_json(kept.result) == result
+
+
+def lose_score(ledger: Ledger, message_id: str) -> str:
+    """A message claimed with its score job, whose score could not be had."""
+    claimed = ledger.record_claim(message_id, raw_message(message_id), BRIDGE, 60, scored=True)
+    assert claimed is Claim.WRITTEN
+    score_id = score_job_id(message_id)
+    assert ledger.finish(score_id, JobState.DEAD, reason="no scorer", outcome=Outcome.SCORE_LOST)
+    return score_id
+
+
+def test_a_lost_score_is_listed_retried_and_otherwise_expires(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    ledger = Ledger(client, Keys(), finished_retention_s=0.2)
+    lost = lose_score(ledger, "unscored")
+    assert lost in ledger.dead_job_ids()
+    assert ledger.totals() == (1, 1)  # the reply still active; its score a dead letter
+    assert 0 < client.pttl(ledger.keys.job(lost)) <= 200  # it expires, unlike a reply's
+    # Retried in time, it no longer expires and leaves the lost scores.
+    revived = ledger.revive(lost, 60)
+    assert revived.state is JobState.RETRYING
+    assert client.pttl(ledger.keys.job(lost)) == -1
+    assert lost not in ledger.dead_job_ids()
+    # Another, left alone, is gone after the retention, and so is its place in the index.
+    forgotten = lose_score(ledger, "forgotten")
+    wait_for(lambda: ledger.get(forgotten) is None, 10, what="the lost score expired")
+    later = lose_score(ledger, "later")
+    assert ledger.dead_job_ids() == [later]
+    client.close()

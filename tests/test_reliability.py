@@ -27,6 +27,7 @@ from workers.contract.job import JobState
 pytestmark = pytest.mark.e2e
 
 BOTH = ["llama3.2:3b", "qwen2.5:7b"]
+CRITIC_MODEL = "qwen2.5:7b"  # the-critic's; the scorer's is the other
 CONTEXT_LENGTH = 6000  # under the entities' 8192, so a long history overflows the server
 
 
@@ -216,10 +217,13 @@ def test_a_context_overflow_is_retried_once_with_less_history(stack: LocalStack)
 
 
 def hang_on_a_then_post(stack: LocalStack) -> str:
-    """One message, held by `a` (it wins ties) until its client goes."""
+    """One message, its reply held by `a` (it wins ties) until its client goes. Only the
+    critic's model hangs: the message's score, asked of the scorer's model at the same time,
+    is answered."""
     before = sim_stats(stack, "a")["failures_injected"]
-    httpx.post(f"{stack.sim_url('a')}/sim/faults", json={"hang_next": 1})
-    [message_id] = post(stack, 1)
+    hang = {"hang_next": 1, "hang_model": CRITIC_MODEL}
+    httpx.post(f"{stack.sim_url('a')}/sim/faults", json=hang).raise_for_status()
+    [message_id] = post(stack, 1, entity="the-critic")
     wait_for(
         lambda: sim_stats(stack, "a")["failures_injected"] > before,
         20,

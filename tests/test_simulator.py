@@ -390,6 +390,17 @@ def test_hang_until_the_client_gives_up(start_fleet: StartFleet) -> None:
     assert httpx.post(f"{url}/api/chat", json=chat_body("x")).json()["done"] is True
 
 
+def test_a_hang_for_one_model_lets_the_others_through(start_fleet: StartFleet) -> None:
+    spec = SimServerSpec(name="hangs-big", models=[SMALL, BIG], loaded=[SMALL, BIG])
+    url = start_fleet(spec).urls["hangs-big"]
+    hang = {"hang_next": 1, "hang_model": BIG}
+    httpx.post(f"{url}/sim/faults", json=hang).raise_for_status()
+    assert httpx.post(f"{url}/api/chat", json=chat_body("x")).json()["done"] is True
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/api/chat", json=chat_body("x", BIG), timeout=0.3)
+    assert stats(url)["failures_injected"] == 1
+
+
 def test_sim_say_and_sim_error_directives(main_url: str, connect: Connect) -> None:
     client = connect(main_url)
     said = client.chat(model=SMALL, messages=user("ignore this sim-say:  Hello there, friend. "))

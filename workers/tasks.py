@@ -106,8 +106,8 @@ def generate(task: Task, job_payload: dict[str, Any]) -> None:
         finished_at=finished_at,
     )
     send_to_delivery(task, result)
-    # Kept after it is sent, off the way to delivery: a delivery that is quicker finds the job
-    # no longer dispatched, and the guarded step keeps nothing.
+    # Kept after it is sent, off the way to delivery: a delivery that is quicker keeps it
+    # itself as it begins, and this guarded step then keeps nothing.
     keep_result(rt, result)
 
 

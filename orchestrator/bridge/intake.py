@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.domain.job import SCORE_SUFFIX, JobKind, Outcome
+from orchestrator.domain.job import JobKind, Outcome
 from orchestrator.domain.messages import Message
 from orchestrator.domain.model_names import model_key
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
@@ -127,8 +127,6 @@ class Intake:
                 raise Rejection(f"no scorer: entity {scorer.id!r} is disabled")
             entity, request = scorer, build_eq_request(scorer, message)
         else:
-            if message.id.endswith(SCORE_SUFFIX):
-                raise Rejection(f"its id ends with {SCORE_SUFFIX!r}, which names a score's job")
             entity_id = params.entity if params else None
             if not entity_id:
                 raise Rejection("message names no entity")

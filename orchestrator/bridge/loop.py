@@ -21,7 +21,7 @@ from celery import Celery
 
 from orchestrator.bridge.intake import Intake, ReadyJob
 from orchestrator.bridge.placement import FleetCache, Placement
-from orchestrator.domain.job import Job, JobKind, score_job_id
+from orchestrator.domain.job import SCORE_SUFFIX, Job, JobKind, score_job_id
 from orchestrator.domain.routing import SpeedDefaults, policy_named
 from orchestrator.domain.servers import ServerView
 from orchestrator.errors import QueueError, QueueNotReached
@@ -84,6 +84,7 @@ class Bridge:
                     progressed = self.step()
                 except redis.RedisError as exc:
                     log.warning("bridge: redis unavailable (%s); retrying", exc)
+                    started = False  # then take back what was cut short: its jobs are written
                     stop.wait(0.5)
                     continue
                 if not progressed:
@@ -181,7 +182,8 @@ class Bridge:
         try:
             self.take(message, fleet, note=note.id)
         except redis.RedisError:
-            raise  # the loop waits for Redis; the claim is found again by recovery
+            raise  # the loop waits for Redis: then takes the claim back from the ledger if it
+            # was written, and recovery finds it by its note if not
         except Exception:  # whatever a message carries, the bridge goes on
             log.exception("bridge: a claimed message could not be taken: %.200r", message)
             self.services.ledger.count("untakeable")
@@ -196,6 +198,9 @@ class Bridge:
             self.services.ledger.count("no_id")
             if note:
                 self.services.ledger.drop_claim_note(note)  # nothing recovery could do either
+            return
+        if job_id.endswith(SCORE_SUFFIX):
+            self.refuse_score_like_id(job_id, note)
             return
         scored = self.settings.eq_enabled
         claim = self.services.ledger.record_claim(
@@ -222,6 +227,21 @@ class Bridge:
             if ready is not None:
                 self.placement.enqueue(ready, fleet)
 
+    def refuse_score_like_id(self, job_id: str, note: str) -> None:
+        """An id ending as a score's job id does (`abc#eq`) could name another message's score
+        in the ledger: the message is completed without a reply, and never written there."""
+        log.error(
+            "job=%s rejected: its id ends with %r, which names a score's job; completed "
+            "without a reply", job_id, SCORE_SUFFIX,
+        )  # fmt: skip
+        self.services.ledger.count("rejected_id")
+        if note:
+            self.services.ledger.drop_claim_note(note)
+        try:
+            self.services.queue.complete(job_id)
+        except QueueError as exc:
+            log.error("job=%s could not be completed on the site: %s", job_id, exc)
+
     # Jobs the ledger holds ----------------------------------------------------------------
 
     def take_retries(self, fleet: list[ServerView]) -> None:
@@ -240,8 +260,11 @@ class Bridge:
             self._retry_soon(due - time.time())
 
     def resume_from_ledger(self) -> None:
-        """Take back this bridge's jobs that were claimed but never dispatched."""
-        mine = self.services.ledger.held_by(self.settings.bridge_id)
+        """Take back this bridge's jobs that were claimed but never dispatched, and are not
+        waiting here already (after a restart, all; after a Redis error, those it cut short)."""
+        here = {ready.job_id for ready in self.placement.waiting}
+        held = self.services.ledger.held_by(self.settings.bridge_id)
+        mine = [job for job in held if job.id not in here]
         fleet = self.services.fleet.read()
         for job in mine:
             self.resume(job, fleet)

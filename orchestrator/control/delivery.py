@@ -31,7 +31,9 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     """Returns what happened, for logs and tests. Queue errors other than a vanished message
     propagate, so the task retries; every step before them is idempotent."""
     result = GenerateResult.model_validate(payload)
-    start = services.ledger.begin_delivery(result.job_id, result.attempt, result.server_id)
+    start = services.ledger.begin_delivery(
+        result.job_id, result.attempt, result.server_id, result.model_dump_json()
+    )
     job = start.job
     if job is None:
         log.warning(

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from orchestrator.domain.job import SCORE_SUFFIX
 from orchestrator.services import Services
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ def recover(services: Services) -> RecoveryPass:
         job_id = message.get("id")
         if not isinstance(params, dict) or not isinstance(job_id, str) or not job_id:
             continue
+        if job_id.endswith(SCORE_SUFFIX):
+            continue  # a bridge refuses such an id: it would name another message's score
         bridge_id = params.get("claimedBy")
         if params.get("status") != "processing" or bridge_id not in began:
             continue

@@ -28,6 +28,9 @@ from workers.contract.scripts import pairs_to_dict, register
 log = logging.getLogger(__name__)
 
 ONCE_GUARD_TTL_S = 7 * 86400
+# A finished score's once-guard lingers this long, for a delivery of its result still on its
+# way (one that began before the finish must not find the guard gone).
+ONCE_GUARD_LINGER_S = 600
 REASON_CHARS = 2000
 ERROR_CHARS = 500
 
@@ -180,16 +183,22 @@ class Ledger:
         return list(self.redis.zrange(self.keys.active_jobs, 0, end))  # type: ignore[arg-type]
 
     def dead_job_ids(self, limit: int = 1000) -> list[str]:
-        """Dead letters, newest first."""
-        return list(self.redis.lrange(self.keys.dead_letters, 0, limit - 1))  # type: ignore[arg-type]
+        """Dead letters, newest first, then the lost scores within the retention, newest
+        first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(self.keys.dead_letters, 0, limit - 1)
+        pipe.zrevrange(self.keys.lost_scores, 0, limit - 1)
+        dead, lost = pipe.execute()
+        return [*dead, *lost][:limit]
 
     def totals(self) -> tuple[int, int]:
-        """How many jobs are active, and how many are dead letters."""
+        """How many jobs are active, and how many are dead letters (lost scores included)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(self.keys.active_jobs)
         pipe.llen(self.keys.dead_letters)
-        active, dead = pipe.execute()
-        return int(active), int(dead)
+        pipe.zcard(self.keys.lost_scores)
+        active, dead, lost = pipe.execute()
+        return int(active), int(dead) + int(lost)
 
     def finished_count(self) -> int:
         """How many jobs have finished."""
@@ -385,16 +394,19 @@ class Ledger:
 
     # Delivering ---------------------------------------------------------------------------
 
-    def begin_delivery(self, job_id: str, attempt: int, server_id: str) -> DeliveryStart:
+    def begin_delivery(
+        self, job_id: str, attempt: int, server_id: str, result: str
+    ) -> DeliveryStart:
         """Is this result the job's current attempt? Its slot is freed either way, unless the
-        job was sent to that same server again. A current one is now `delivering`."""
+        job was sent to that same server again. A current one is now `delivering`, its `result`
+        (JSON) kept: its worker keeps it only after sending it, and may lose the race."""
         answer = self._begin_delivery(
             keys=[
                 self.keys.job(job_id),
                 self.keys.inflight(server_id),
                 self.keys.once_eq(job_id),
             ],
-            args=[job_id, attempt, server_id, self.keys.slot_events, time.time()],
+            args=[job_id, attempt, server_id, self.keys.slot_events, stamp(time.time()), result],
         )
         if answer[0] == 0:
             return DeliveryStart(job=None, current=False)
@@ -489,6 +501,10 @@ class Ledger:
             fields["reason"] = reason[:REASON_CHARS]
         if outcome is not None:
             fields["outcome"] = outcome
+        if state is not JobState.DEAD:
+            kept = "summary"
+        else:
+            kept = "lost" if outcome == Outcome.SCORE_LOST else "letter"
         keys = self.keys
         self._finish(
             keys=[
@@ -499,13 +515,15 @@ class Ledger:
                 keys.counters,
                 keys.dead_letters,
                 keys.once_eq(job_id),
+                keys.lost_scores,
             ],
             args=[
                 job_id,
-                now,
+                stamp(now),
                 outcome or state.value,
-                "1" if state is JobState.DEAD else "0",
+                kept,
                 int(self.finished_retention_s * 1000),
+                ONCE_GUARD_LINGER_S * 1000,
                 *flatten(fields),
             ],
             client=pipe,
@@ -607,7 +625,13 @@ class Ledger:
         keys = self.keys
         answer = int(
             self._revive(
-                keys=[keys.job(job_id), keys.active_jobs, keys.dead_letters, keys.retry_jobs],
+                keys=[
+                    keys.job(job_id),
+                    keys.active_jobs,
+                    keys.dead_letters,
+                    keys.retry_jobs,
+                    keys.lost_scores,
+                ],
                 args=[job_id, stamp(now + deadline_s), stamp(now), keys.slot_events],
             )
         )
@@ -645,6 +669,7 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=True)
         self.queue_finish(pipe, job_id, JobState.REJECTED, reason=reason, outcome=outcome)
         pipe.lrem(self.keys.dead_letters, 0, job_id)
+        pipe.zrem(self.keys.lost_scores, job_id)
         pipe.execute()
         return job
 

@@ -18,6 +18,7 @@ class FaultsBody(BaseModel):
     status: int | None = Field(default=None, ge=400, le=599)
     error: str | None = None
     hang_next: int | None = Field(default=None, ge=0)
+    hang_model: str | None = None  # hang only requests for this model (any model when unset)
     clear: bool = False
 
 
@@ -27,3 +28,4 @@ class Faults:
     status: int = 500
     error: str | None = None
     hang_next: int = 0
+    hang_model: str | None = None

@@ -143,8 +143,8 @@ class SimulatedOllama:
             return ApiError(status, self.faults.error or default_error(status, ask.model))
         return None
 
-    async def hang_if_told(self, request: Request) -> None:
-        if self.faults.hang_next <= 0:
+    async def hang_if_told(self, model: str, request: Request) -> None:
+        if self.faults.hang_next <= 0 or self.faults.hang_model not in (None, model):
             return
         self.faults.hang_next -= 1
         self.stats.failures_injected += 1
@@ -170,7 +170,7 @@ class SimulatedOllama:
                 "server=%s injected HTTP %d: %s", self.spec.name, injected.status, injected.message
             )
             raise injected
-        await self.hang_if_told(request)
+        await self.hang_if_told(ask.model, request)
         # A larger num_ctx than the model was trained for is clamped to it, as Ollama does.
         num_ctx = min(ask.num_ctx or self.spec.context_length, self.spec.context_length)
         if ask.num_ctx is not None and ask.num_ctx <= 0:

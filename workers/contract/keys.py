@@ -104,6 +104,12 @@ class Keys:
         return f"{self.prefix}:jobs:dead"
 
     @property
+    def lost_scores(self) -> str:
+        """Sorted set of score jobs that got no score, by when: kept for a retry, expiring
+        after the retention like finished jobs (dead letters of replies stay)."""
+        return f"{self.prefix}:jobs:scores-lost"
+
+    @property
     def finished_jobs(self) -> str:
         """String: how many jobs have finished. A finished job's hash expires by itself."""
         return f"{self.prefix}:jobs:finished"

@@ -9,6 +9,8 @@
 -- ARGV[3] the result's server
 -- ARGV[4] event channel
 -- ARGV[5] now (epoch seconds)
+-- ARGV[6] the result (JSON): kept on a current job (its worker sends it here before it keeps
+--         it, and may lose the race), so a delivery lost midway is made again from the ledger
 -- Returns {0} for an unknown job; {1, fields} for a stale result; {2, fields, EQ guard value
 -- or false} for the current one. The fields leave out the kept result: the delivery has it.
 local all = redis.call('HGETALL', KEYS[1])
@@ -31,5 +33,5 @@ if current or server ~= ARGV[3] or state ~= DISPATCHED then
 end
 if not current then return {1, fields} end
 -- Each delivery (again) stamps its start, so the sweep leaves a delivery in progress alone.
-redis.call('HSET', KEYS[1], 'state', DELIVERING, 'delivering_at', ARGV[5])
+redis.call('HSET', KEYS[1], 'state', DELIVERING, 'delivering_at', ARGV[5], 'result', ARGV[6])
 return {2, fields, redis.call('GET', KEYS[3])}

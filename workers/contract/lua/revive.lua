@@ -1,9 +1,11 @@
--- revive: place a dead letter again: back among the active jobs with a new deadline, out of
--- the dead letters, its failures so far forgiven, queued for any bridge.
+-- revive: place a dead letter (or a lost score) again: back among the active jobs with a new
+-- deadline, out of the dead letters, no longer expiring, its failures so far forgiven, queued
+-- for any bridge.
 -- KEYS[1] the job's hash
 -- KEYS[2] active jobs: sorted set by deadline
 -- KEYS[3] dead letters
 -- KEYS[4] retry set
+-- KEYS[5] lost scores
 -- ARGV[1] job id
 -- ARGV[2] the new deadline (epoch seconds)
 -- ARGV[3] now (epoch seconds)
@@ -18,6 +20,8 @@ if apology == '1' then return -2 end
 local forgiven = attempts and #cjson.decode(attempts) or 0
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('PERSIST', KEYS[1])
 redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
 redis.call('HSET', KEYS[1], 'state', RETRYING, 'bridge_id', '', 'attempts_from', forgiven,
   'deadline', ARGV[2], 'reason', '')
