@@ -52,7 +52,10 @@ Prints one JSON object as its last line:
   bytes_per_message     a message's two finished jobs (reply and score)
   projected_mb_10k_per_hour (target <= 256)   the finished jobs held at 10,000 messages an hour
                         over the default retention (`OLLAMA_CLOUD_FINISHED_RETENTION_S`):
-                        bytes_per_message * 10,000 * retention hours; MB = 2**20 bytes, as
+                        each key family's bytes per message * 10,000 * the hours its keys
+                        are kept (`finished_job_parts.held_s`: a finished job's hash the
+                        retention, a done score's once-guard the few minutes it lingers for a
+                        delivery still on its way); MB = 2**20 bytes, as
                         Redis's `used_memory_human` counts (`projected_decimal_mb_10k_per_hour`
                         in 10**6 bytes)
   projected_mb_for_retention, retention_s   the same over `--retention-s`
@@ -96,7 +99,7 @@ from bench.common import CRITIC, ETERNAL, LLAMA, QWEN, bench_parser, kept_dir
 from orchestrator.domain.job import score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.settings import Settings
-from orchestrator.state.ledger import Ledger
+from orchestrator.state.ledger import ONCE_GUARD_LINGER_S, Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis
 from standins.simulator import SimServerSpec
@@ -444,13 +447,22 @@ class KeyGroup:
 
     families: dict[str, list[int]]  # family: each key's MEMORY USAGE
     encodings: dict[str, dict[str, int]]  # family: encoding: keys
-    expiring: int  # keys with a TTL
-    not_expiring: int
+    expiring: dict[str, int]  # family: keys with a TTL
+    ttl_s: dict[str, float]  # family: the longest TTL left on one of its keys (-1: none)
     fields: dict[str, dict[str, int]]  # family: the field sizes of its first key
 
     @property
     def keys(self) -> int:
         return sum(len(sizes) for sizes in self.families.values())
+
+    @property
+    def not_expiring(self) -> int:
+        return self.keys - sum(self.expiring.values())
+
+    def held_s(self, name: str, retention_s: float) -> float:
+        """How long a family's key is kept: a once-guard lingers a few minutes after its job
+        ends; the rest of a finished job, the retention."""
+        return ONCE_GUARD_LINGER_S if 0 <= self.ttl_s[name] <= ONCE_GUARD_LINGER_S else retention_s
 
     @property
     def bytes(self) -> int:
@@ -467,19 +479,22 @@ def key_group(client: redis.Redis, sizes: dict[str, int], labels: dict[str, str]
     families: dict[str, list[int]] = {}
     encodings: dict[str, dict[str, int]] = {}
     first: dict[str, str] = {}
-    expiring = 0
+    expiring: dict[str, int] = {}
+    ttl_s: dict[str, float] = {}
     for key, encoding, ttl in zip(keys, answers[::2], answers[1::2], strict=True):
         name = family(key, labels)
         families.setdefault(name, []).append(sizes[key])
         counts = encodings.setdefault(name, {})
         counts[str(encoding)] = counts.get(str(encoding), 0) + 1
-        expiring += int(ttl is not None and int(ttl) >= 0)
+        left = int(ttl) if ttl is not None else -1
+        expiring[name] = expiring.get(name, 0) + int(left >= 0)
+        ttl_s[name] = max(ttl_s.get(name, -1.0), left / 1000 if left >= 0 else -1.0)
         first.setdefault(name, key)
     return KeyGroup(
         families=families,
         encodings=encodings,
         expiring=expiring,
-        not_expiring=len(keys) - expiring,
+        ttl_s=ttl_s,
         fields={name: field_sizes(client, key) for name, key in first.items()},
     )
 
@@ -691,9 +706,21 @@ def figures(
     expiry = active.entry_bytes + table.expires_buckets / max(table.expiring, 1)
     others = {name: grown for name, grown in run.growth.items() if name not in group.families}
     other_bytes = sum(grown["bytes"] for grown in others.values())
-    tables_bytes = group.keys * (entry_rounding + bucket) + group.expiring * expiry
-    per_job = (group.bytes + tables_bytes + other_bytes) / jobs
+    # Each family's keys, with their entries in the tables.
+    family_bytes = {
+        name: sum(sizes) + len(sizes) * (entry_rounding + bucket) + group.expiring[name] * expiry
+        for name, sizes in group.families.items()
+    }
+    per_job = (sum(family_bytes.values()) + other_bytes) / jobs
     per_message = per_job * jobs / messages  # a reply's job and a score's
+
+    def projected_mb(retention: float) -> float:
+        """What is held at 10,000 messages an hour: each family's bytes for as long as its
+        keys are kept, the rest (indexes, counters) for the retention."""
+        held = sum(size * group.held_s(name, retention) for name, size in family_bytes.items())
+        held += other_bytes * retention
+        return held / messages * MESSAGES_PER_HOUR / 3600 / MB
+
     parts = {
         "keys_per_job": round(group.keys / jobs, 3),
         "key_bytes": {
@@ -703,11 +730,12 @@ def figures(
         "keyspace_bucket": round(bucket, 1),
         "expiry_entry": round(expiry, 1),
         "other_keys_growth": round(other_bytes / jobs, 2),
+        "held_s": {name: group.held_s(name, DEFAULT_RETENTION_S) for name in group.families},
     }
     delta = {name: run.after.info[name] - run.before.info[name] for name in INFO_FIELDS}
     less_buffers = delta["used_memory"] - delta["mem_clients_normal"] - delta["mem_aof_buffer"]
-    default_mb = per_message * MESSAGES_PER_HOUR * DEFAULT_RETENTION_S / 3600 / MB
-    retention_mb = per_message * MESSAGES_PER_HOUR * retention_s / 3600 / MB
+    default_mb = projected_mb(DEFAULT_RETENTION_S)
+    retention_mb = projected_mb(retention_s)
     return {
         "messages": messages,
         "context_lines": len(dead.message.get("context") or []),

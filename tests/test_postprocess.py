@@ -47,7 +47,7 @@ TRIMMED = ENTITY.model_copy(update={"trim_whitespace": True})
         ("  padded \n", "padded"),
         ("[SKIP]", None),
         ("Well... [SKIP] maybe", None),
-        ("nothing to say [skip]", None),
+        ("nothing to say [skip]", "nothing to say [skip]"),  # the bot posts it: case counts
         ("TheEternal: As an AI, be still.", "be still."),
         ("Be still.\nUser: and then?", "Be still."),
         ("One ### two\nUser: three", "One"),  # the earliest marker wins
@@ -88,11 +88,11 @@ def test_global_filters_and_markers_apply_after_the_entitys() -> None:
         ("Score: [85]", 85),
         ("SCORE: [ 9 ]", 9),
         ("Score: 150", 0),  # out of range: not trusted
-        ("Score: -5", 0),
+        ("Score: -5", 5),  # a sign is not read: the first number of one to three digits
         ("-5 or maybe 30", 5),  # the first number of one to three digits
         ("about 250, no, 80", 0),  # the first number is over 100: it scores 0
         ("in 2024 I'd say 44", 44),  # four digits are not a score
-        ("Score: 72.6", 73),
+        ("Score: 72.6", 72),  # the digits before the point, as the site's bot reads them
         ("score of 12 but Score: 90", 90),  # `Score: N` comes first
         ("Score: 0", 0),
         ("no number here", 0),

@@ -9,11 +9,11 @@ from typing import Any
 from orchestrator.domain.entities import Entity, GlobalSettings
 from orchestrator.domain.messages import BotParams, Message, NewMessage, reply_id_for
 
-SKIP_MARKER = "[skip]"  # compared case-insensitively: models vary the case they were taught
+SKIP_MARKER = "[SKIP]"  # as the site's bot looks for it: this case only
 EQ_MIN, EQ_MAX = 0, 100
 RANDOM_COLOR = "random"
 
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_NUMBER = r"(\d+)"  # digits only, as the site's bot reads them: no sign, no fraction
 # In order, as the site's bot tries them: `Score: N` (or `Score: [N]`; markdown bold allowed),
 # then `score is N` / `score of N`, then the first number of one to three digits.
 _EXPLICIT_SCORES = (
@@ -29,7 +29,7 @@ def post_process(
     """The reply to post, or None when there is none: a `[SKIP]` anywhere, or no visible text
     left after removing every `filterOut` string (the entity's, then `global.json`'s), cutting
     at the earliest `trimAfter` marker of either, and stripping when `trimWhitespace` says so."""
-    if SKIP_MARKER in text.lower():
+    if SKIP_MARKER in text:
         return None
     settings = global_settings or GlobalSettings()
     for unwanted in [*entity.filter_out, *settings.filter_out]:
@@ -44,18 +44,17 @@ def post_process(
 
 
 def parse_eq_score(text: str) -> int:
-    """The score in a scorer's answer, by the first rule that finds one. A number out of
-    0..100, or no number at all, gives 0: the site adds every positive score to its global
-    score, so a doubtful one must add nothing."""
+    """The score in a scorer's answer, by the first rule that finds one, reading digits only
+    (a sign or a fraction is not read). A number above 100, or no number at all, gives 0: the
+    site adds every positive score to its global score, so a doubtful one must add nothing."""
     for pattern in _EXPLICIT_SCORES:
         found = pattern.search(text)
         if found:
-            return _in_range(float(found.group(1)))
+            return _in_range(int(found.group(1)))
     return 0
 
 
-def _in_range(value: float) -> int:
-    score = round(value)
+def _in_range(score: int) -> int:
     return score if EQ_MIN <= score <= EQ_MAX else 0
 
 
