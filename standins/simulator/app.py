@@ -138,7 +138,8 @@ def build_app(sim: SimulatedOllama) -> Starlette:
             sim.faults.error = change.error
         if change.hang_next is not None:
             sim.faults.hang_next = change.hang_next
-            sim.faults.hang_model = change.hang_model and canonical_model(change.hang_model)
+            wanted = change.hang_model
+            sim.faults.hang_model = canonical_model(wanted) if wanted else None
         return JSONResponse(asdict(sim.faults))
 
     async def sim_reset(request: Request) -> Response:
