@@ -79,14 +79,18 @@ def end_unanswered(
     score touches nothing on the site; a dead one is a dead letter, for `jobs` to show."""
     state, outcome = UNANSWERED[(kind, dead)]
     services.ledger.finish(job_id, state, reason=reason, outcome=outcome)
-    if kind is JobKind.SCORE:
-        return
+    if kind is not JobKind.SCORE:
+        complete_on_site(services, job_id)
+
+
+def complete_on_site(services: Services, message_id: str) -> None:
+    """Complete a message the bridge gives no reply; a failure is logged, never raised."""
     try:
-        services.queue.complete(job_id)
+        services.queue.complete(message_id)
     except MessageGone:
-        log.warning("job=%s already gone from the site queue", job_id)
+        log.warning("job=%s already gone from the site queue", message_id)
     except QueueError as exc:
-        log.error("job=%s could not be completed on the site queue: %s", job_id, exc)
+        log.error("job=%s could not be completed on the site queue: %s", message_id, exc)
 
 
 class Intake:

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from orchestrator.bridge.intake import Intake, ReadyJob
+from orchestrator.bridge.intake import Intake, ReadyJob, complete_on_site
 from orchestrator.bridge.placement import FleetCache, Placement
 from orchestrator.domain.job import SCORE_SUFFIX, Job, JobKind, score_job_id
 from orchestrator.domain.routing import SpeedDefaults, policy_named
@@ -237,10 +237,7 @@ class Bridge:
         self.services.ledger.count("rejected_id")
         if note:
             self.services.ledger.drop_claim_note(note)
-        try:
-            self.services.queue.complete(job_id)
-        except QueueError as exc:
-            log.error("job=%s could not be completed on the site: %s", job_id, exc)
+        complete_on_site(self.services, job_id)
 
     # Jobs the ledger holds ----------------------------------------------------------------
 
