@@ -10,13 +10,14 @@ from celery import Celery, signals
 from orchestrator.control.tasks import register
 from orchestrator.services import close_process_services
 from orchestrator.settings import Settings
+from workers.contract import logs
 from workers.contract.celery_config import celery_config, quiet_task_trace
-from workers.contract.protocol import CONTROL_QUEUE, RECOVER_TASK, SWEEP_TASK
+from workers.contract.protocol import CONTROL_QUEUE, CONTROL_TASKS, RECOVER_TASK, SWEEP_TASK
 
 
 def control_config(settings: Settings) -> dict[str, Any]:
     return {
-        **celery_config(settings),
+        **celery_config(settings, CONTROL_TASKS),
         "worker_concurrency": settings.control_concurrency,
         # Beat's schedule is a handful of short intervals: kept in memory, no file left behind;
         # a lock in Redis lets exactly one beat send it.
@@ -44,6 +45,7 @@ def make_app(settings: Settings) -> Celery:
     return configured
 
 
+logs.install()
 app = Celery("orchestrator", set_as_current=False)
 app.add_defaults(lambda: control_config(Settings.load()))
 register(app)

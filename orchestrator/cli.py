@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.settings import Settings
+from workers.contract import logs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 queue_app = typer.Typer(no_args_is_help=True, help="The local site queue.")
@@ -28,6 +29,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 
 
 def setup_logging(level: str) -> None:
+    logs.install()
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -5,7 +5,6 @@ the site queue away or emptied. Outcomes are counted on the queue itself."""
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,13 +14,13 @@ import httpx
 import pytest
 from rich.console import Console
 
-from orchestrator.domain.job import Job, score_job_id
-from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.domain.job import Job
 from orchestrator.ops.status import FleetStatus, ServerRow, read_status, status_table
 from orchestrator.state.ledger import Ledger
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack
 from standins.waiting import wait_for
+from tests.fleet_checks import assert_answered_once, comments, jobs, post, sim_stats, wait_finished
 from workers.contract.job import JobState
 
 pytestmark = pytest.mark.e2e
@@ -82,91 +81,6 @@ def restart(stack: LocalStack, name: str) -> None:
         stack.processes[name].start()
         if name == "queue":
             stack.wait_http(f"{stack.queue_url}/api/admin/stats", auth=True)
-
-
-_ids = itertools.count()
-
-
-def post(
-    stack: LocalStack, count: int, *, context: list[str] | None = None, entity: str | None = None
-) -> list[str]:
-    ids = []
-    with stack.queue_client() as queue:
-        for _ in range(count):
-            message_id = f"rel-{next(_ids)}"
-            entity = entity or ("the-eternal" if len(ids) % 2 else "the-critic")
-            queue.post_comment(
-                NewMessage(
-                    id=message_id,
-                    text=f"question {message_id}",
-                    username="ada",
-                    color="080150227",
-                    context=context or ["bo: hello", "ada: hi bo"],
-                    botParams=BotParams(entity=entity, humanUsername="ada"),
-                )
-            )
-            ids.append(message_id)
-    return ids
-
-
-def jobs(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
-    return {job.id: job for job in Ledger(stack.redis, stack.keys).get_many(ids)}
-
-
-def wait_finished(stack: LocalStack, ids: list[str], timeout: float = 60) -> dict[str, Job]:
-    def finished() -> dict[str, Job] | None:
-        stack.check_alive()
-        known = jobs(stack, ids)
-        done = len(known) == len(ids) and all(job.state.finished for job in known.values())
-        return known if done else None
-
-    try:
-        return wait_for(finished, timeout, interval=0.05, what=f"{len(ids)} jobs finished")
-    except TimeoutError as exc:
-        stuck = [
-            f"{job.id}: {job.state.value} attempt={job.attempt} server={job.server_id} "
-            f"bridge={job.bridge_id!r} attempts={job.history()!r}"
-            for job in jobs(stack, ids).values()
-            if not job.state.finished
-        ]
-        raise TimeoutError(f"{exc}; unfinished: {stuck}") from None
-
-
-def comments(stack: LocalStack) -> dict[str, dict[str, Any]]:
-    with stack.queue_client() as queue:
-        return {str(comment["id"]): comment for comment in queue.comments_after(0)}
-
-
-def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
-    """Every message: one reply, completed on the site, answered in the ledger; EQ once."""
-    scored = [score_job_id(message_id) for message_id in ids] if stack.jobs_per_message > 1 else []
-    finished = wait_finished(stack, ids + scored)
-    for score_id in scored:
-        assert finished.pop(score_id).outcome == "scored", score_id
-    everything = comments(stack)
-    replies = Counter(
-        str(c.get("replyTo")) for c in everything.values() if c.get("message-type") == "AI"
-    )
-    assert {message_id: replies[message_id] for message_id in ids} == dict.fromkeys(ids, 1)
-    assert {message_id: everything[message_id]["botParams"]["status"] for message_id in ids} == (
-        dict.fromkeys(ids, "complete")
-    )
-    assert {job.id: job.outcome for job in finished.values()} == dict.fromkeys(ids, "answered")
-    # The simulated scorer answers `Score: N` with N in 1..100: applied once, not twice.
-    scores = {message_id: everything[message_id].get("eqScore", 0) for message_id in ids}
-    assert all(1 <= score <= 100 for score in scores.values()), scores
-    # No server was sent more than its slots (the simulator refuses past them).
-    for spec in stack.specs:
-        if stack.processes[f"sim-{spec.name}"].running:
-            stats = sim_stats(stack, spec.name)
-            assert stats["refused_full"] == 0, spec.name
-            assert stats["max_active"] <= spec.parallel, spec.name
-    return finished
-
-
-def sim_stats(stack: LocalStack, server: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{stack.sim_url(server)}/sim/stats").json()
-    return answer
 
 
 def test_a_failing_server_is_routed_around_and_cools_down(stack: LocalStack) -> None:

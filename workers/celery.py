@@ -11,16 +11,19 @@ from typing import Any
 from celery import Celery, signals
 
 from workers.bootsteps import Heartbeat
+from workers.contract import logs
 from workers.contract.celery_config import celery_config, quiet_task_trace
+from workers.contract.protocol import SERVER_TASKS
 from workers.settings import WorkerSettings
 from workers.tasks import register
 
 
 def worker_defaults() -> dict[str, Any]:
     settings = WorkerSettings()
-    return {**celery_config(settings), "worker_concurrency": settings.concurrency}
+    return {**celery_config(settings, SERVER_TASKS), "worker_concurrency": settings.concurrency}
 
 
+logs.install()
 app = Celery("workers", set_as_current=False)
 app.add_defaults(worker_defaults)
 app.steps["worker"].add(Heartbeat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,13 +40,21 @@ def broker_ssl(redis_url: str) -> dict[str, Any] | None:
     return options
 
 
-def celery_config(settings: CelerySettings) -> dict[str, Any]:
-    transport = {
+def celery_config(
+    settings: CelerySettings, accepted_tasks: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """`accepted_tasks`: the only tasks this app's consumers take from their queues; anything
+    else there is a poison item for the broker's dead-letter list (None: any task)."""
+    transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_s,
         # Celery's queues and bookkeeping under the fleet's prefix: fleets sharing a Redis
         # never take each other's work.
         "global_keyprefix": Keys(settings.key_prefix).broker_prefix,
+        "max_item_bytes": settings.max_broker_item_bytes,
+        "dead_letters_kept": settings.broker_dead_letters_kept,
     }
+    if accepted_tasks is not None:
+        transport["accepted_tasks"] = sorted(accepted_tasks)
     tls = broker_ssl(settings.redis_url)
     return {
         **({"broker_use_ssl": tls} if tls else {}),

@@ -24,6 +24,13 @@ class Keys:
         """The list of tasks waiting in a Celery queue (a server's id, or `control`)."""
         return f"{self.broker_prefix}{queue}"
 
+    @property
+    def broker_dead_letters(self) -> str:
+        """List, newest first and bounded: items taken from a queue that were not a task this
+        system runs (not JSON, a bad envelope, an unknown task, a wrong argument, too large),
+        each with its reason, an excerpt and a hash (workers.contract.broker)."""
+        return f"{self.broker_prefix}dead-letters"
+
     # Fleet: written by each worker's heartbeat.
     @property
     def servers(self) -> str:

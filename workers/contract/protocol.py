@@ -14,6 +14,9 @@ RECOVER_TASK = "ollama_cloud.recover"
 CONTROL_QUEUE = "control"
 # Queues a worker may consume beside its server's own; never a server id.
 SYSTEM_QUEUES = frozenset({"celery", CONTROL_QUEUE})
+# The tasks each side takes from the broker: anything else in its queues is a poison item.
+SERVER_TASKS = (GENERATE_TASK,)
+CONTROL_TASKS = (DELIVER_TASK, SWEEP_TASK, RECOVER_TASK)
 
 
 class ErrorKind(StrEnum):
@@ -161,3 +164,13 @@ class GenerateResult(BaseModel):
         """How the deliver task's argument shows in Flower and the logs."""
         verdict = "stale" if self.stale else ("ok" if self.outcome.ok else self.outcome.error_kind)
         return f"(job={self.job_id} attempt={self.attempt} server={self.server_id} {verdict})"
+
+
+# Each task's one argument, by name (None: the task takes none). The broker's gate checks a
+# task's arguments against it before Celery sees the task (workers.contract.broker).
+TASK_ARGUMENT: dict[str, type[BaseModel] | None] = {
+    GENERATE_TASK: GenerateJob,
+    DELIVER_TASK: GenerateResult,
+    SWEEP_TASK: None,
+    RECOVER_TASK: None,
+}

@@ -30,3 +30,13 @@ class CelerySettings(BaseSettings):
         ge=60,
         description="Seconds before an unacked task is redelivered; longer than any generation",
     )
+    max_broker_item_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="A queue item larger than this is a poison item (dead-lettered, not run)",
+    )
+    broker_dead_letters_kept: int = Field(
+        default=1000,
+        ge=1,
+        description="How many poison items the broker's dead-letter list keeps (newest first)",
+    )
