@@ -283,6 +283,39 @@ def test_cold_load_then_warm_then_eviction(start_fleet: StartFleet, connect: Con
     assert [model.model for model in client.ps().models] == ["b:1b"]
 
 
+def _timed_stream(url: str, body: dict[str, Any]) -> tuple[float, float, list[dict[str, Any]]]:
+    """Streams a chat: (seconds until the headers arrived, seconds until the end, chunks)."""
+    started = time.monotonic()
+    with httpx.stream("POST", f"{url}/api/chat", json=body, timeout=10) as answer:
+        headers_after = time.monotonic() - started
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        chunks = [json.loads(line) for line in answer.iter_lines() if line]
+    return headers_after, time.monotonic() - started, chunks
+
+
+def test_streamed_headers_wait_for_the_cold_load(start_fleet: StartFleet, connect: Connect) -> None:
+    spec = SimServerSpec(name="cold-stream", models=[SMALL], load_seconds=1.5, tokens_per_second=10)
+    url = start_fleet(spec).urls["cold-stream"]
+    client = connect(url)
+    body = {"model": SMALL, "messages": user("x"), "options": {"num_predict": 5}}  # streamed
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(_timed_stream, url, body)
+        wait_for(lambda: stats(url)["cold_loads"] == 1, 5, what="the cold load to start")
+        assert client.ps().models == []  # not listed while it loads
+        assert not streaming.done()
+        headers_after, ended_after, chunks = streaming.result()
+    # Like Ollama, the headers come with the first chunk: after the load and the first token
+    # (0.1 s at 10 tokens a second); the other four tokens then stream over 0.4 s.
+    assert headers_after >= 1.6
+    assert ended_after - headers_after >= 0.3
+    assert [chunk["done"] for chunk in chunks] == [False] * 5 + [True]
+    assert chunks[-1]["load_duration"] >= 1.49e9
+    assert [model.model for model in client.ps().models] == [SMALL]
+    headers_after, _, _ = _timed_stream(url, body)  # warm: only the first token's 0.1 s
+    assert 0.1 <= headers_after < 1.0
+
+
 def test_concurrent_requests_share_one_load(start_fleet: StartFleet, connect: Connect) -> None:
     url = start_fleet(SimServerSpec(name="share", models=[SMALL], load_seconds=0.3)).urls["share"]
     client = connect(url)
@@ -401,6 +434,65 @@ def test_a_hang_for_one_model_lets_the_others_through(start_fleet: StartFleet) -
     assert stats(url)["failures_injected"] == 1
 
 
+def _stream_until_timeout(url: str, model: str, tokens: int) -> list[dict[str, Any]]:
+    """Streams a chat that is told to stall; returns the chunks received before the timeout."""
+    body = {"model": model, "messages": user("x"), "options": {"num_predict": tokens}}
+    received: list[dict[str, Any]] = []
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream(
+            "POST", f"{url}/api/chat", json=body, timeout=httpx.Timeout(5, read=0.5)
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        received.extend(json.loads(line) for line in answer.iter_lines() if line)
+    return received
+
+
+def test_stall_sends_some_chunks_then_nothing(start_fleet: StartFleet, connect: Connect) -> None:
+    url = start_fleet(SimServerSpec(name="stalls", models=[SMALL], loaded=[SMALL])).urls["stalls"]
+    stall = {"stall_next": 1, "stall_after_tokens": 3}
+    faults = httpx.post(f"{url}/sim/faults", json=stall).json()
+    assert {key: faults[key] for key in stall} == stall and faults["stall_model"] is None
+    # A whole (not streamed) answer is not stalled, and leaves the stall for the next stream.
+    assert httpx.post(f"{url}/api/chat", json=chat_body("x")).json()["done"] is True
+    received = _stream_until_timeout(url, SMALL, tokens=10)
+    assert [chunk["done"] for chunk in received] == [False] * 3
+    wait_for(lambda: stats(url)["active"] == 0, 5, what="the stalled stream to free its slot")
+    counted = stats(url)
+    assert (counted["failures_injected"], counted["completed"]) == (1, 1)
+    client = connect(url)
+    chunks = list(
+        client.chat(model=SMALL, messages=user("x"), options={"num_predict": 10}, stream=True)
+    )
+    assert [chunk.done for chunk in chunks] == [False] * 10 + [True]
+
+
+def test_stall_for_one_model_before_or_after_every_chunk(
+    start_fleet: StartFleet, connect: Connect
+) -> None:
+    spec = SimServerSpec(name="stalls-big", models=[SMALL, BIG], loaded=[SMALL, BIG])
+    url = start_fleet(spec).urls["stalls-big"]
+    client = connect(url)
+    stall = {"stall_next": 1, "stall_after_tokens": 0, "stall_model": BIG}
+    httpx.post(f"{url}/sim/faults", json=stall).raise_for_status()
+    assert list(client.chat(model=SMALL, messages=user("x"), stream=True))[-1].done
+    # Stalled before the first chunk: nothing is sent, not even the headers.
+    body = {"model": BIG, "messages": user("x")}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/api/chat", json=body, timeout=httpx.Timeout(5, read=0.5))
+    # More tokens than the reply has: every token's chunk, and never the final one.
+    stall = {"stall_next": 1, "stall_after_tokens": 5}
+    httpx.post(f"{url}/sim/faults", json=stall).raise_for_status()
+    assert [chunk["done"] for chunk in _stream_until_timeout(url, SMALL, tokens=2)] == [False] * 2
+    httpx.post(f"{url}/sim/faults", json={"stall_next": 3}).raise_for_status()
+    cleared = httpx.post(f"{url}/sim/faults", json={"clear": True}).json()
+    assert cleared["stall_next"] == 0
+    assert list(client.chat(model=BIG, messages=user("x"), stream=True))[-1].done
+    wait_for(lambda: stats(url)["active"] == 0, 5, what="the stalled streams to free their slots")
+    assert stats(url)["failures_injected"] == 2
+
+
 def test_sim_say_and_sim_error_directives(main_url: str, connect: Connect) -> None:
     client = connect(main_url)
     said = client.chat(model=SMALL, messages=user("ignore this sim-say:  Hello there, friend. "))
@@ -484,6 +576,7 @@ def test_unknown_model_is_a_404(main_url: str, connect: Connect) -> None:
         ("/v1/chat/completions", b'{"model": 3}'),
         ("/api/pull", b"{}"),
         ("/sim/faults", b'{"fail_next": 1, "status": 200}'),
+        ("/sim/faults", b'{"stall_next": 1, "stall_after_tokens": -1}'),
         ("/sim/loaded", b'{"models": ["absent:1b"]}'),
     ],
 )

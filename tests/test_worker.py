@@ -28,6 +28,7 @@ from workers.errors import (
     OllamaError,
     ServerBusy,
     ServerError,
+    ServerHung,
     ServerUnavailable,
 )
 
@@ -108,6 +109,28 @@ def test_no_answer_within_read_timeout(sim: SimulatorFleet) -> None:
     client = OllamaClient(sim.urls["mac-1"], read_timeout=0.3)
     with client, pytest.raises(GenerationTimeout):
         client.chat(chat("hello"))
+
+
+def test_a_loaded_model_with_no_first_token_is_hung(sim: SimulatorFleet) -> None:
+    faults(sim, hang_next=1)
+    client = OllamaClient(sim.urls["mac-1"], read_timeout=30)
+    with client, pytest.raises(ServerHung, match=r"no first token in 0\.3s"):
+        client.chat(chat("hello"), first_token_s=0.3)
+
+
+def test_tokens_that_stop_are_a_hang(sim: SimulatorFleet) -> None:
+    faults(sim, stall_next=1, stall_after_tokens=3)
+    with OllamaClient(sim.urls["mac-1"], read_timeout=30) as client:
+        with pytest.raises(ServerHung, match=r"tokens stopped for 0\.3s"):
+            client.chat(chat("hello", num_predict=50), first_token_s=5, stall_s=0.3)
+        # The stalled request freed its slot: the next one is answered whole.
+        assert client.chat(chat("hello", num_predict=12), stall_s=5).ok
+
+
+def test_a_reply_over_the_cap_is_cut_off(sim: SimulatorFleet) -> None:
+    client = OllamaClient(sim.urls["mac-1"])
+    with client, pytest.raises(ServerError, match="over the 2048-byte cap"):
+        client.chat(chat("hello", num_predict=400), max_reply_bytes=2048)
 
 
 def start_worker(

@@ -31,6 +31,12 @@ class GenerationTimeout(OllamaError):
     kind: ClassVar[ErrorKind] = ErrorKind.TIMEOUT
 
 
+class ServerHung(OllamaError):
+    """The model was loaded, yet no token came in time, or its tokens stopped coming."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.HUNG
+
+
 class ContextOverflow(OllamaError):
     """HTTP 400 because the prompt does not fit the model's context."""
 

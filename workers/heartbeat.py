@@ -29,6 +29,7 @@ def server_record(
     try:
         installed = rt.ollama.installed_models()
         loaded = rt.ollama.loaded_models()
+        rt.note_loaded(loaded)
         healthy = True
     except OllamaError as exc:
         log.debug("server=%s ollama not answering: %s", rt.server_id, exc)

@@ -4,14 +4,24 @@ steps on the ledger."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from workers.backends.ollama import OllamaClient
 from workers.contract.attempts import AttemptLedger
 from workers.contract.keys import Keys
+from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.settings import WorkerSettings
+
+CHARS_PER_TOKEN = 4  # a prompt's tokens, guessed from its length before the server counts them
+UNMEASURED_PROMPT_TOKENS_PER_S = 100.0  # a slow Mac's prompt speed, until this one is measured
+PROMPT_ALLOWANCE_FACTOR = 2.0  # the prompt may take twice as long as it was measured to
+
+
+def model_tag(name: str) -> str:
+    """Ollama's full name for a model: `llama3.2` is `llama3.2:latest`."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 @dataclass
@@ -22,6 +32,9 @@ class WorkerRuntime:
     redis: redis.Redis
     ollama: OllamaClient
     attempts: AttemptLedger
+    # What the heartbeat last saw loaded (/api/ps), and each model's prompt speed here.
+    loaded: frozenset[str] = frozenset()
+    prompt_tokens_per_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: WorkerSettings, server_id: str) -> WorkerRuntime:
@@ -51,6 +64,39 @@ class WorkerRuntime:
     def close(self) -> None:
         self.ollama.close()
         self.redis.close()
+
+    def note_loaded(self, models: list[str]) -> None:
+        self.loaded = frozenset(model_tag(name) for name in models)
+
+    def first_token_allowance(self, request: ChatRequest) -> float:
+        """How long the first token may take. A model that must be loaded first may take the
+        whole read allowance (a cold load of minutes is not a hang); a loaded one, a little
+        more than its prompt takes here."""
+        model = model_tag(request.model)
+        if model not in self.loaded:
+            return self.settings.read_timeout_s
+        prompt_tokens = sum(len(turn.content) for turn in request.messages) / CHARS_PER_TOKEN
+        speed = self.prompt_tokens_per_s.get(model, UNMEASURED_PROMPT_TOKENS_PER_S)
+        prompt_s = PROMPT_ALLOWANCE_FACTOR * prompt_tokens / speed
+        return min(self.settings.read_timeout_s, self.settings.first_token_timeout_s + prompt_s)
+
+    def chat(self, request: ChatRequest) -> ChatOutcome:
+        """One chat request on this server's Ollama, within its allowances."""
+        settings = self.settings
+        outcome = self.ollama.chat(
+            request,
+            first_token_s=self.first_token_allowance(request),
+            stall_s=settings.stall_timeout_s,
+            max_reply_bytes=settings.max_reply_bytes,
+        )
+        timings = outcome.timings
+        if timings.prompt_eval_count >= 32 and timings.prompt_eval_ms > 0:
+            measured = timings.prompt_eval_count / (timings.prompt_eval_ms / 1000)
+            model = model_tag(request.model)
+            # The slowest seen lately counts most: a busy server evaluates prompts slower.
+            known = self.prompt_tokens_per_s.get(model, measured)
+            self.prompt_tokens_per_s[model] = min(measured, 0.8 * known + 0.2 * measured)
+        return outcome
 
 
 _current: WorkerRuntime | None = None

@@ -27,5 +27,21 @@ class WorkerSettings(CelerySettings):
     heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A record expires after this")
     connect_timeout_s: float = Field(default=3.0, gt=0, description="Give up connecting to Ollama")
     read_timeout_s: float = Field(
-        default=300.0, gt=0, description="Wait for an answer; covers a first model load"
+        default=300.0,
+        gt=0,
+        description="Wait this long for the first token when the model must be loaded first",
+    )
+    first_token_timeout_s: float = Field(
+        default=8.0,
+        gt=0,
+        description="With the model loaded, the first token's wait before the prompt's own "
+        "time (measured per model); past it the server is hung and the job goes elsewhere",
+    )
+    stall_timeout_s: float = Field(
+        default=5.0, gt=0, description="Once tokens flow, this long without one is a hang"
+    )
+    max_reply_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="A model's reply longer than this is cut off and the attempt failed",
     )

@@ -39,7 +39,7 @@ def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
     """True when the ledger has moved on: a later attempt, or the job already finished.
     Otherwise the attempt is marked as begun."""
     try:
-        return not rt.attempts.begin(job.job_id, job.attempt, time.time())
+        return not rt.attempts.begin(job.job_id, job.attempt, rt.server_id, time.time())
     except redis.RedisError as exc:
         # Without the ledger we cannot tell; running it is safe since delivery checks again.
         log.warning("job=%s server=%s ledger unreadable: %s", job.job_id, rt.server_id, exc)
@@ -48,7 +48,7 @@ def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
 
 def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcome:
     try:
-        return rt.ollama.chat(request)
+        return rt.chat(request)
     except OllamaError as exc:
         log.warning("job=%s server=%s ollama %s: %s", job_id, rt.server_id, exc.kind, exc)
         return ChatOutcome(ok=False, error_kind=exc.kind, error=str(exc))
@@ -72,6 +72,14 @@ def generate(task: Task, job_payload: dict[str, Any]) -> None:
     rt = worker_runtime.current()
     started_at = time.time()
     job = GenerateJob.model_validate(job_payload)
+    if job.server_id != rt.server_id:
+        # A copy of another server's task (replayed, or pushed here by hand): it holds no slot
+        # here and its job is not placed here, so nothing is run and nothing is sent.
+        log.warning(
+            "job=%s attempt=%d server=%s task placed on %s: dropped",
+            job.job_id, job.attempt, rt.server_id, job.server_id,
+        )  # fmt: skip
+        return
     if is_stale(rt, job):
         log.info(
             "job=%s attempt=%d server=%s stale: dropped", job.job_id, job.attempt, rt.server_id

@@ -140,6 +140,12 @@ def build_app(sim: SimulatedOllama) -> Starlette:
             sim.faults.hang_next = change.hang_next
             wanted = change.hang_model
             sim.faults.hang_model = canonical_model(wanted) if wanted else None
+        if change.stall_next is not None:
+            sim.faults.stall_next = change.stall_next
+            after = change.stall_after_tokens
+            sim.faults.stall_after_tokens = 1 if after is None else after
+            wanted = change.stall_model
+            sim.faults.stall_model = canonical_model(wanted) if wanted else None
         return JSONResponse(asdict(sim.faults))
 
     async def sim_reset(request: Request) -> Response:

@@ -1,5 +1,6 @@
 """The faults a simulated server can be told to inject: by a `sim-error:NNN` directive in the
-last user message, or through `/sim/faults` (fail or hang the next requests)."""
+last user message, or through `/sim/faults` (fail or hang the next requests, or stall the next
+streams after some tokens)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class FaultsBody(BaseModel):
     error: str | None = None
     hang_next: int | None = Field(default=None, ge=0)
     hang_model: str | None = None  # hang only requests for this model (any model when unset)
+    # The next streamed requests send this many tokens' chunks, then nothing until the client
+    # gives up. With 0 not even the headers are sent (Ollama writes them with the first chunk).
+    stall_next: int | None = Field(default=None, ge=0)
+    stall_after_tokens: int | None = Field(default=None, ge=0)  # 1 when unset
+    stall_model: str | None = None  # stall only streams of this model (any model when unset)
     clear: bool = False
 
 
@@ -29,3 +35,6 @@ class Faults:
     error: str | None = None
     hang_next: int = 0
     hang_model: str | None = None
+    stall_next: int = 0
+    stall_after_tokens: int = 1
+    stall_model: str | None = None

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -149,10 +149,21 @@ class SimulatedOllama:
         self.faults.hang_next -= 1
         self.stats.failures_injected += 1
         log.warning("server=%s hanging a request until its client gives up", self.spec.name)
-        # The body is read, so the next message uvicorn delivers is the client's disconnect.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await _until_disconnected(request)
         raise ApiError(500, "client disconnected")
+
+    def stall_if_told(self, model: str) -> int | None:
+        """How many tokens this stream sends before it stalls; None: it does not stall."""
+        if self.faults.stall_next <= 0 or self.faults.stall_model not in (None, model):
+            return None
+        self.faults.stall_next -= 1
+        self.stats.failures_injected += 1
+        log.warning(
+            "server=%s stalling a stream after %d tokens until its client gives up",
+            self.spec.name,
+            self.faults.stall_after_tokens,
+        )
+        return self.faults.stall_after_tokens
 
     # One generation request, end to end.
 
@@ -195,8 +206,7 @@ class SimulatedOllama:
             return Timings(load_s, eval_s, total_s, ask.prompt_tokens, len(reply.tokens))
 
         if ask.stream:
-            body = self._stream(reply, wire, timings, holding)
-            return ReleasingStream(body, wire.media_type, lambda: holding.release(completed=False))
+            return await self._start_stream(ask, reply, wire, timings, holding, request)
         try:
             if tps > 0:
                 await asyncio.sleep(eval_s)
@@ -206,17 +216,53 @@ class SimulatedOllama:
         holding.release(completed=True, eval_tokens=len(reply.tokens))
         return JSONResponse(wire.whole(reply, timings()))
 
+    async def _start_stream(
+        self,
+        ask: Ask,
+        reply: Reply,
+        wire: Wire,
+        timings: Callable[[], Timings],
+        holding: _SlotHold,
+        request: Request,
+    ) -> Response:
+        """A streamed answer whose headers go out with its first chunk, as Ollama's do (Go
+        flushes them on the first write): until the model is loaded and the first token is out,
+        the client has received nothing, and errors until then are plain HTTP errors."""
+        stall_after = self.stall_if_told(ask.model)
+        chunks = self._stream(reply, wire, timings, holding, stall_after)
+        try:
+            if stall_after == 0:  # stalled before the first chunk: not even headers are sent
+                await _until_disconnected(request)
+                raise ApiError(500, "client disconnected")
+            first = await anext(chunks)
+        except BaseException:
+            holding.release(completed=False)
+            await chunks.aclose()
+            raise
+        return ReleasingStream(
+            _resumed(first, chunks), wire.media_type, lambda: holding.release(completed=False)
+        )
+
     async def _stream(
-        self, reply: Reply, wire: Wire, timings: Callable[[], Timings], holding: _SlotHold
-    ) -> AsyncIterator[bytes]:
+        self,
+        reply: Reply,
+        wire: Wire,
+        timings: Callable[[], Timings],
+        holding: _SlotHold,
+        stall_after: int | None = None,
+    ) -> AsyncGenerator[bytes, None]:
         tps = self.spec.tokens_per_second
         began = time.monotonic()
         for index, token in enumerate(reply.tokens):
+            if index == stall_after:
+                await _forever()
             if tps > 0:  # spread generation over the chunks, without drifting
                 delay = began + (index + 1) / tps - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield wire.encode(wire.chunk(token))
+        if stall_after is not None:  # as many tokens as the reply has, then no end
+            await _forever()
         holding.release(completed=True, eval_tokens=len(reply.tokens))
         for body in wire.final(reply, timings()):
             yield wire.encode(body)
@@ -283,6 +329,27 @@ class SimulatedOllama:
             {"status": "writing manifest"},
             {"status": "success"},
         ]
+
+
+async def _until_disconnected(request: Request) -> None:
+    # The body is read, so the next message uvicorn delivers is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _forever() -> None:
+    """A stalled stream: Starlette cancels it when the client disconnects."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def _resumed(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """The stream again, its first chunk (awaited before the headers went out) included."""
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 class _SlotHold:

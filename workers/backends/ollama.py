@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from types import TracebackType
 from typing import Any
@@ -17,10 +18,13 @@ from workers.errors import (
     OllamaError,
     ServerBusy,
     ServerError,
+    ServerHung,
     ServerUnavailable,
 )
 
 NS_PER_MS = 1_000_000
+ERROR_BODY_BYTES = 4096
+MAX_REPLY_BYTES = 1024 * 1024
 
 
 class OllamaClient:
@@ -36,6 +40,8 @@ class OllamaClient:
         max_connections: int = 64,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -57,24 +63,59 @@ class OllamaClient:
     ) -> None:
         self.close()
 
-    def chat(self, request: ChatRequest) -> ChatOutcome:
-        """Run one chat request; raises an OllamaError subclass when there is no answer."""
+    def chat(
+        self,
+        request: ChatRequest,
+        *,
+        first_token_s: float | None = None,
+        stall_s: float | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> ChatOutcome:
+        """Run one chat request, streamed; raises an OllamaError subclass when there is no
+        answer. Ollama sends nothing, not even its headers, before the first token: that wait
+        (a model load, the prompt) is allowed `first_token_s`; once tokens flow, `stall_s`
+        without one is a hang. A reply is read up to `max_reply_bytes`, never more."""
+        first_token_s = self._read_timeout if first_token_s is None else first_token_s
+        stall_s = self._read_timeout if stall_s is None else stall_s
         started = time.monotonic()
-        answer = self._call("POST", "/api/chat", json=request.ollama_body())
-        wall_ms = (time.monotonic() - started) * 1000
-        message = answer.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ServerError(f"answer without message content: {str(answer)[:200]}")
+        body = {**request.ollama_body(), "stream": True}
+        timeout = httpx.Timeout(first_token_s, connect=self._connect_timeout)
+        began = 0.0  # when the first token came
+        try:
+            with self._http.stream("POST", "/api/chat", json=body, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    raise _http_error(response.status_code, _read_capped(response))
+                # The headers came with the first token: from now on a pause is a stall.
+                began = time.monotonic()
+                response.request.extensions["timeout"]["read"] = stall_s
+                text, final = _read_stream(response, max_reply_bytes)
+        except httpx.ReadTimeout as exc:
+            if began:
+                flowing = max(0.0, time.monotonic() - began - stall_s)
+                why = f"tokens stopped for {stall_s:g}s after {flowing:.1f}s of them"
+                raise ServerHung(f"{self.base_url}: {why}") from exc
+            if first_token_s < self._read_timeout:  # the model was loaded: nothing to wait for
+                raise ServerHung(
+                    f"{self.base_url}: no first token in {first_token_s:.1f}s"
+                ) from exc
+            raise GenerationTimeout(f"{self.base_url}: no answer in {first_token_s:g}s") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise GenerationTimeout(f"{self.base_url}: no answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
         return ChatOutcome(
             ok=True,
-            text=message["content"],
+            text=text,
             timings=ChatTimings(
-                wall_ms=wall_ms,
-                total_ms=_ms(answer.get("total_duration")),
-                load_ms=_ms(answer.get("load_duration")),
-                prompt_eval_count=int(answer.get("prompt_eval_count") or 0),
-                eval_count=int(answer.get("eval_count") or 0),
-                eval_ms=_ms(answer.get("eval_duration")),
+                wall_ms=(time.monotonic() - started) * 1000,
+                total_ms=_ms(final.get("total_duration")),
+                load_ms=_ms(final.get("load_duration")),
+                prompt_eval_count=_count(final.get("prompt_eval_count")),
+                prompt_eval_ms=_ms(final.get("prompt_eval_duration")),
+                eval_count=_count(final.get("eval_count")),
+                eval_ms=_ms(final.get("eval_duration")),
             ),
         )
 
@@ -85,9 +126,9 @@ class OllamaClient:
         return _model_names(self._call("GET", "/api/ps", timeout=timeout))
 
     def _call(
-        self, method: str, path: str, *, json: Any = None, timeout: float | None = None
+        self, method: str, path: str, *, payload: Any = None, timeout: float | None = None
     ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"json": json}
+        kwargs: dict[str, Any] = {"json": payload}
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
@@ -99,7 +140,7 @@ class OllamaClient:
         except httpx.HTTPError as exc:
             raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
-            raise _http_error(response)
+            raise _http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
         try:
             body = response.json()
         except ValueError as exc:
@@ -109,19 +150,61 @@ class OllamaClient:
         return body
 
 
-def _http_error(response: httpx.Response) -> OllamaError:
+def _read_capped(response: httpx.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """The start of an answer's body, never more of it than `limit`."""
+    kept = b""
+    for chunk in response.iter_bytes():
+        kept += chunk[: limit - len(kept)]
+        if len(kept) >= limit:
+            break
+    return kept
+
+
+def _read_stream(response: httpx.Response, max_reply_bytes: int) -> tuple[str, dict[str, Any]]:
+    """The reply's text and Ollama's last chunk (its durations and counts)."""
+    parts: list[str] = []
+    size = 0
+    for line in response.iter_lines():
+        if not line.strip():
+            continue
+        size += len(line)
+        if size > max_reply_bytes:
+            raise ServerError(f"reply over the {max_reply_bytes}-byte cap: cut off")
+        try:
+            chunk = json.loads(line)
+        except ValueError as exc:
+            raise ServerError(f"stream line is not JSON: {line[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise ServerError(f"stream line is not a JSON object: {line[:200]!r}")
+        if "error" in chunk:  # Ollama reports a failure met mid-stream this way
+            raise ServerError(f"error mid-stream: {str(chunk['error'])[:300]}")
+        message = chunk.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise ServerError(f"stream chunk without message content: {line[:200]!r}")
+        parts.append(content)
+        if chunk.get("done") is True:
+            return "".join(parts), chunk
+    raise ServerError("stream ended before its last chunk")
+
+
+def _http_error(status: int, content: bytes) -> OllamaError:
     try:
-        detail = str(response.json().get("error", ""))
+        detail = str(json.loads(content).get("error", ""))
     except (ValueError, AttributeError):
-        detail = response.text[:200]
-    text = f"HTTP {response.status_code}: {detail}"
-    if response.status_code == 503:
+        detail = content[:200].decode("utf-8", "replace")
+    text = f"HTTP {status}: {detail}"
+    if status == 503:
         return ServerBusy(text)
-    if response.status_code == 404:
+    if status == 404:
         return ModelMissing(text)
-    if response.status_code == 400:
+    if status == 400:
         return ContextOverflow(text) if "context" in detail.lower() else BadRequest(text)
     return ServerError(text)
+
+
+def _count(value: object) -> int:
+    return int(value) if isinstance(value, int | float) else 0
 
 
 def _ms(nanoseconds: object) -> float:

@@ -19,16 +19,23 @@ class AttemptLedger:
         self._begin = register(client, "begin_attempt")
         self._keep = register(client, "keep_result")
 
-    def begin(self, job_id: str, attempt: int, now: float) -> bool:
-        """True if `attempt` is the job's current one, now marked as begun; False if the
-        ledger has moved on (a later attempt, or the job ended)."""
-        return bool(self._begin(keys=[self.keys.job(job_id)], args=[attempt, f"{now:.3f}"]))
+    def begin(self, job_id: str, attempt: int, server_id: str, now: float) -> bool:
+        """True if `attempt` is the job's current one and the job is placed on `server_id`,
+        now marked as begun; False if the ledger has moved on (a later attempt, or the job
+        ended) or the job is placed elsewhere."""
+        args: list[str | int] = [attempt, f"{now:.3f}", server_id]
+        return bool(self._begin(keys=[self.keys.job(job_id)], args=args))
 
     def keep_result(self, result: GenerateResult) -> bool:
         """Keep the result on the job while its attempt is current, so the sweep can deliver
         it again if its delivery is lost. False if the attempt is stale."""
         kept = self._keep(
             keys=[self.keys.job(result.job_id)],
-            args=[result.attempt, result.model_dump_json(), f"{result.finished_at:.3f}"],
+            args=[
+                result.attempt,
+                result.model_dump_json(),
+                f"{result.finished_at:.3f}",
+                result.server_id,
+            ],
         )
         return bool(kept)

@@ -26,6 +26,7 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # refused, or did not accept the connection in time
     BUSY = "busy"  # every slot taken (HTTP 503)
     TIMEOUT = "timeout"  # accepted, but no answer within the read allowance
+    HUNG = "hung"  # the model loaded, yet no first token in time, or its tokens stopped
     CONTEXT_OVERFLOW = "context_overflow"  # the prompt does not fit the model's context
     MODEL_MISSING = "model_missing"  # the server does not have the model
     BAD_REQUEST = "bad_request"  # refused for what it asks (HTTP 400), not the server's fault
@@ -56,6 +57,7 @@ SERVER_FAULTS = frozenset(
         ErrorKind.UNAVAILABLE,
         ErrorKind.BUSY,
         ErrorKind.TIMEOUT,
+        ErrorKind.HUNG,
         ErrorKind.SERVER_ERROR,
         ErrorKind.WORKER_ERROR,
         ErrorKind.OLLAMA_ERROR,
@@ -120,6 +122,7 @@ class ChatTimings(BaseModel):
     total_ms: float = 0.0
     load_ms: float = 0.0
     prompt_eval_count: int = 0
+    prompt_eval_ms: float = 0.0
     eval_count: int = 0
     eval_ms: float = 0.0
 

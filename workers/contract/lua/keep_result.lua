@@ -5,8 +5,9 @@
 -- ARGV[1] the attempt
 -- ARGV[2] the result (JSON)
 -- ARGV[3] when it was finished (epoch seconds)
--- Returns 1 if kept, 0 if the attempt is stale.
-local attempt, state = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state'))
-if attempt ~= ARGV[1] or state ~= DISPATCHED then return 0 end
+-- ARGV[4] the server that ran it: only the job's own server's result is kept
+-- Returns 1 if kept, 0 if the attempt is stale or the result comes from another server.
+local attempt, state, server = unpack(redis.call('HMGET', KEYS[1], 'attempt', 'state', 'server_id'))
+if attempt ~= ARGV[1] or state ~= DISPATCHED or server ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'result', ARGV[2], 'result_at', ARGV[3])
 return 1
