@@ -87,6 +87,25 @@ def status(
     raise typer.Exit(status_command(settings, as_json=as_json, watch=stop))
 
 
+@app.command(context_settings={"allow_interspersed_args": False})
+def supervise(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments, after --")],
+    max_backoff: Annotated[
+        float, typer.Option(min=0.1, help="Longest pause between restarts, in seconds")
+    ] = 30.0,
+    grace: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to exit after a stop signal, else SIGKILL")
+    ] = 10.0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run COMMAND and start it again whenever it exits (after 1 s, 2 s, 4 s ... up to
+    --max-backoff); SIGTERM, SIGINT and SIGHUP go to it, then supervise exits with 0."""
+    from orchestrator.ops.supervise import supervise_command  # noqa: PLC0415
+
+    setup_logging(log_level)
+    raise typer.Exit(supervise_command(command, max_backoff=max_backoff, grace=grace))
+
+
 RedisUrl = Annotated[str | None, typer.Option(help="Redis URL")]
 JobId = Annotated[str, typer.Argument(help="The job's id (the site message's id)")]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object, for scripts")]

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import sqlite3
 import string
@@ -30,12 +31,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
@@ -56,15 +58,18 @@ MAX_SAFE_INTEGER = 2**53 - 1
 STATS_MODE = "sqlite"
 NOT_IN_PENDING_QUEUE = "Message not found in pending queue"
 NOT_FOUND = "Message not found"
+# The deployed queue (a Cloudflare Worker) takes request bodies up to 100 MB; past this (100
+# MiB: no less than either reading of it), 413.
+MAX_BODY_BYTES = 100 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
+    id TEXT PRIMARY KEY,        -- an id with a lone surrogate: its bytes as a BLOB (sql_key)
     timestamp INTEGER NOT NULL,
     status TEXT,                -- botParams.status; NULL for a message without botParams
     priority INTEGER NOT NULL,  -- the ordering priority: a missing or 0 priority is stored as 5
-    claimed_by TEXT,
-    body TEXT NOT NULL,         -- the message as JSON, in its wire shape
+    claimed_by TEXT,            -- as id: a BLOB when it holds a lone surrogate
+    body TEXT NOT NULL,         -- the message as JSON, in its wire shape (stored_json)
     stale_in_pending INTEGER NOT NULL DEFAULT 0  -- completed, yet still in the pending list
 );
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value REAL NOT NULL);
@@ -140,6 +145,91 @@ def bot_params_of(message: dict[str, Any]) -> dict[str, Any]:
 
 def invalid(detail: str | list[str]) -> Refused:
     return Refused(422, {"error": "Invalid request", "detail": detail})
+
+
+# JSON as the deployed queue writes it ---------------------------------------------------------
+#
+# The site's JSON may carry a lone surrogate in a string ("\udc00"): JavaScript strings are
+# UTF-16, and JSON.stringify writes one back as those six characters, every other character as
+# it is. json.loads turns an escaped surrogate pair into one astral character, so a surrogate
+# left in a str is lone: it is escaped the same way wherever it leaves this process (an answer,
+# a stored body), and an id or a worker id holding one is kept in SQLite as its bytes.
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate as JSON's escape of it (`\\udc00`)."""
+    if text.isascii() or LONE_SURROGATE.search(text) is None:
+        return text
+    return LONE_SURROGATE.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+
+
+def stored_json(message: dict[str, Any]) -> str:
+    """A message as its row keeps it: its JSON as the site writes it (SQLite's text is UTF-8,
+    which a lone surrogate is not: it is stored escaped, and json.loads reads it back). NaN in
+    a hand-made row is kept as it was (json.loads reads it back too; no answer can carry it)."""
+    return escape_surrogates(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+
+
+def parsed(body: str | bytes, key: str | bytes) -> dict[str, Any]:
+    """A row's stored message; a 500 naming it when it is not JSON (a hand-made row)."""
+    try:
+        message: dict[str, Any] = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        error = f"Message {from_sql_key(key)} is stored broken: {exc}"
+        raise Refused(500, {"error": error}) from exc
+    return message
+
+
+def render_json(content: Any) -> bytes:
+    """An answer's JSON as JSON.stringify writes it: compact, UTF-8, every character as it is
+    but a lone surrogate, escaped (the one code point UTF-8 cannot encode: backslashreplace
+    writes it as JSON's escape, in the same pass). ValueError for NaN (a hand-made row)."""
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace")
+
+
+class JsonAnswer(Response):
+    """Every JSON answer of the local queue: `content` rendered by render_json, or already
+    rendered (a `Rendered`)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return content.body if isinstance(content, Rendered) else render_json(content)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An answer rendered before its operation commits: a claim that could not be answered
+    must not be left made."""
+
+    body: bytes
+    success: bool = True
+
+    @classmethod
+    def of(cls, answer: dict[str, Any], message_id: str = "") -> Rendered:
+        """Rendered, or a 500 that rolls the operation back (a hand-made row holding what JSON
+        cannot carry, such as NaN)."""
+        try:
+            return cls(render_json(answer), answer.get("success") is not False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            log.error("message=%s cannot be answered: %s", escape_surrogates(message_id), exc)
+            error = f"Message {message_id} cannot be answered: {exc}"
+            raise Refused(500, {"error": error}) from exc
+
+
+def sql_key(value: str) -> str | bytes:
+    """An id or worker id as SQLite keeps it: one with a lone surrogate (which SQLite's UTF-8
+    text cannot hold) as its bytes, a BLOB, never equal to any text key."""
+    if value.isascii() or LONE_SURROGATE.search(value) is None:
+        return value
+    return value.encode("utf-8", "surrogatepass")
+
+
+def from_sql_key(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
 # What a posted message becomes ----------------------------------------------------------------
@@ -318,7 +408,7 @@ class QueueStore:
         with self._transaction() as db:
             if posted.id is not None:
                 row = db.execute(
-                    "SELECT timestamp FROM messages WHERE id = ?", (posted.id,)
+                    "SELECT timestamp FROM messages WHERE id = ?", (sql_key(posted.id),)
                 ).fetchone()
                 if row is not None:
                     return {"id": posted.id, "timestamp": row[0], "status": "duplicate"}
@@ -329,10 +419,13 @@ class QueueStore:
             db.execute(
                 "INSERT INTO messages (id, timestamp, status, priority, body)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (message_id, timestamp, status, posted.priority, json.dumps(message)),
+                (sql_key(message_id), timestamp, status, posted.priority, stored_json(message)),
             )
             dropped = self._keep_at_most(db, self.max_messages, message_id)
-        log.debug("message=%s posted%s", message_id, " (queued)" if posted.queued else "")
+        log.debug(
+            "message=%s posted%s",
+            escape_surrogates(message_id), " (queued)" if posted.queued else "",
+        )  # fmt: skip
         if dropped:
             log.info(
                 "dropped the %d oldest messages: more than %d kept", dropped, self.max_messages
@@ -346,7 +439,7 @@ class QueueStore:
         (count,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
         if count <= most:
             return 0
-        dropped: int = db.execute(DROP_OLDEST, (newest_id, count - most)).rowcount
+        dropped: int = db.execute(DROP_OLDEST, (sql_key(newest_id), count - most)).rowcount
         return dropped
 
     @staticmethod
@@ -358,30 +451,28 @@ class QueueStore:
 
     def comments_after(self, after_ms: int | None) -> dict[str, Any]:
         """Every kept message with a later timestamp, newest posted first (None matches none)."""
+        messages: list[dict[str, Any]] = []
         with self._transaction() as db:
-            rows = (
-                []
-                if after_ms is None
-                else db.execute(
-                    "SELECT body FROM messages WHERE timestamp > ? ORDER BY rowid DESC",
+            if after_ms is not None:
+                rows = db.execute(
+                    "SELECT id, body FROM messages WHERE timestamp > ? ORDER BY rowid DESC",
                     (min(max(after_ms, SQLITE_MIN), SQLITE_MAX),),
-                ).fetchall()
-            )
+                )
+                # One stored body at a time: only the parsed messages are held.
+                messages.extend(parsed(body, key) for key, body in rows)
             global_score = self._global_score(db)
-        return {
-            "messages": [json.loads(body) for (body,) in rows],
-            "version": API_VERSION,
-            "globalScore": global_score,
-        }
+        return {"messages": messages, "version": API_VERSION, "globalScore": global_score}
 
-    def patch_eq(self, message_id: str, score: float | None) -> dict[str, Any]:
-        """Set the message's eqScore (None: leave it) and add a positive one to the total."""
+    def patch_eq(self, message_id: str, score: float | None) -> Rendered:
+        """Set the message's eqScore (None: leave it) and add a positive one to the total;
+        answered before it commits, so a message that cannot be sent changes nothing."""
         with self._transaction() as db:
             message = self._load(db, message_id)
             if score is not None:
                 message["eqScore"] = score
                 db.execute(
-                    "UPDATE messages SET body = ? WHERE id = ?", (json.dumps(message), message_id)
+                    "UPDATE messages SET body = ? WHERE id = ?",
+                    (stored_json(message), sql_key(message_id)),
                 )
             if score is not None and score > 0:
                 # Added on every call, as the deployed queue does: callers guard against repeats.
@@ -389,16 +480,21 @@ class QueueStore:
                     "UPDATE totals SET value = value + ? WHERE name = 'globalScore'", (score,)
                 )
             global_score = self._global_score(db)
-        log.info("message=%s eqScore %s, globalScore %s", message_id, score, global_score)
-        return {"success": True, "message": message, "globalScore": global_score}
+            answer = {"success": True, "message": message, "globalScore": global_score}
+            rendered = Rendered.of(answer, message_id)
+        log.info(
+            "message=%s eqScore %s, globalScore %s",
+            escape_surrogates(message_id), score, global_score,
+        )  # fmt: skip
+        return rendered
 
     @staticmethod
     def _load(db: sqlite3.Connection, message_id: str) -> dict[str, Any]:
-        row = db.execute("SELECT body FROM messages WHERE id = ?", (message_id,)).fetchone()
+        key = sql_key(message_id)
+        row = db.execute("SELECT body FROM messages WHERE id = ?", (key,)).fetchone()
         if row is None:
             raise Refused(404, {"success": False, "error": NOT_FOUND})
-        message: dict[str, Any] = json.loads(row[0])
-        return message
+        return parsed(row[0], key)
 
     @staticmethod
     def _global_score(db: sqlite3.Connection) -> int | float:
@@ -416,15 +512,17 @@ class QueueStore:
         if limit is not None and limit < 0:
             rows = rows[:limit]
         return {
-            "pending": [json.loads(body) for _, body in rows],
+            "pending": [parsed(body, key) for key, body in rows],
             "platformOnly": [],
             "kvStats": {"reads": 0, "writes": 0},
         }
 
-    def claim(self, message_id: str, worker_id: str) -> dict[str, Any]:
+    def claim(self, message_id: str, worker_id: str) -> Rendered:
+        """Claim the message; answered before the claim commits (see Rendered)."""
+        key = sql_key(message_id)
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, stale_in_pending, body FROM messages WHERE id = ?", (message_id,)
+                "SELECT status, stale_in_pending, body FROM messages WHERE id = ?", (key,)
             ).fetchone()
             if row is None or (row[0] != "pending" and not row[1]):
                 # Never queued, claimed already (it left the pending list), or unknown.
@@ -432,74 +530,80 @@ class QueueStore:
             if row[0] != "pending":
                 error = f"Message status is {row[0]}, not pending"
                 raise Refused(409, {"success": False, "error": error})
-            message = self._mark_claimed(db, message_id, json.loads(row[2]), worker_id)
-        return {"success": True, "message": message}
+            message = parsed(row[2], key)
+            del row  # the stored body: not held while the claim is stored and answered
+            self._mark_claimed(db, key, message, worker_id)
+            return Rendered.of({"success": True, "message": message}, message_id)
 
-    def claim_next(self, worker_id: str) -> dict[str, Any]:
+    def claim_next(self, worker_id: str) -> Rendered:
+        """Claim the first message of the pending list; answered before the claim commits."""
         with self._transaction() as db:
             (total_pending,) = db.execute(COUNT_LISTED).fetchone()
             stale = db.execute(FIRST_STALE).fetchone()
-            if stale is not None:
-                # The deployed queue fails on a completed message left in its pending list, and
-                # the failure takes it out: one 500, then claims go on.
-                db.execute("UPDATE messages SET stale_in_pending = 0 WHERE id = ?", stale)
-            else:
+            if stale is None:
                 row = db.execute(NEXT_PENDING).fetchone()
-                message = (
-                    None
-                    if row is None
-                    else self._mark_claimed(db, row[0], json.loads(row[1]), worker_id)
-                )
-        if stale is not None:
-            log.warning("message=%s completed while pending: claim-next fails once", stale[0])
-            error = f"Message {stale[0]} in the pending queue is complete, not pending"
-            raise Refused(500, {"error": error})
-        if message is None:
-            return {
-                "success": False,
-                "message": None,
-                "reason": "no_pending_messages",
-                "totalPending": 0,
-                "remainingPending": 0,
-            }
-        return {
-            "success": True,
-            "message": message,
-            "totalPending": total_pending,
-            "remainingPending": total_pending - 1,
-        }
+                if row is None:
+                    answer: dict[str, Any] = {
+                        "success": False,
+                        "message": None,
+                        "reason": "no_pending_messages",
+                        "totalPending": 0,
+                        "remainingPending": 0,
+                    }
+                    return Rendered.of(answer)
+                key, message = row[0], parsed(row[1], row[0])
+                del row  # the stored body: not held while the claim is stored and answered
+                self._mark_claimed(db, key, message, worker_id)
+                answer = {
+                    "success": True,
+                    "message": message,
+                    "totalPending": total_pending,
+                    "remainingPending": total_pending - 1,
+                }
+                return Rendered.of(answer, from_sql_key(key))
+            # The deployed queue fails on a completed message left in its pending list, and
+            # the failure takes it out: one 500, then claims go on.
+            db.execute("UPDATE messages SET stale_in_pending = 0 WHERE id = ?", stale)
+        stale_id = from_sql_key(stale[0])
+        log.warning(
+            "message=%s completed while pending: claim-next fails once",
+            escape_surrogates(stale_id),
+        )
+        error = f"Message {stale_id} in the pending queue is complete, not pending"
+        raise Refused(500, {"error": error})
 
     @staticmethod
     def _mark_claimed(
-        db: sqlite3.Connection, message_id: str, message: dict[str, Any], worker_id: str
-    ) -> dict[str, Any]:
+        db: sqlite3.Connection, key: str | bytes, message: dict[str, Any], worker_id: str
+    ) -> None:
         bot_params_of(message).update(status="processing", claimedBy=worker_id, claimedAt=now_ms())
         db.execute(
             "UPDATE messages SET status = 'processing', claimed_by = ?, body = ? WHERE id = ?",
-            (worker_id, json.dumps(message), message_id),
+            (sql_key(worker_id), stored_json(message), key),
         )
-        log.info("message=%s claimed by %s", message_id, worker_id)
-        return message
+        log.info(
+            "message=%s claimed by %s",
+            escape_surrogates(from_sql_key(key)), escape_surrogates(worker_id),
+        )  # fmt: skip
 
     def complete(self, message_id: str) -> dict[str, Any]:
         """Mark the message complete whatever its status; one still pending stays in the
         pending list, as on the deployed queue. A message without botParams is left as it is."""
+        key = sql_key(message_id)
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT status, body FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
+            row = db.execute("SELECT status, body FROM messages WHERE id = ?", (key,)).fetchone()
             if row is None:
                 raise Refused(404, {"success": False, "error": NOT_FOUND})
-            message = json.loads(row[1])
+            message = parsed(row[1], key)
             bot_params = message.get("botParams")
             if isinstance(bot_params, dict):
                 bot_params.update(status="complete", completedAt=now_ms())
                 db.execute(
                     "UPDATE messages SET status = 'complete', body = ?,"
                     " stale_in_pending = MAX(stale_in_pending, ?) WHERE id = ?",
-                    (json.dumps(message), row[0] == "pending", message_id),
+                    (stored_json(message), row[0] == "pending", key),
                 )
-        log.info("message=%s complete", message_id)
+        log.info("message=%s complete", escape_surrogates(message_id))
         return {"success": True}
 
     # Admin -----------------------------------------------------------------------------------
@@ -541,17 +645,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def too_large() -> Refused:
+    return Refused(413, {"error": f"Body too large: more than {MAX_BODY_BYTES} bytes"})
+
+
+async def body_bytes(request: Request) -> bytearray:
+    """The request's body, up to MAX_BODY_BYTES (413 past it, read no further), in one
+    buffer: no list of chunks joined into a second copy."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large()
+    return body
+
+
 async def json_body(request: Request) -> Any:
-    """The request's JSON body: 400 when it is not JSON (the deployed queue answers 500)."""
+    """The request's JSON body: 400 when it is not JSON (the deployed queue answers 500).
+
+    UTF-8 only, as the deployed queue reads it: a surrogate encoded in the bytes is not UTF-8
+    (400), while one escaped in the JSON ("\\udc00") is a string the site keeps, and so is it
+    here."""
     try:
-        body = json.loads(
-            await request.body(), parse_constant=_reject_constant, parse_float=_finite_float
-        )
-        # A lone surrogate ("\ud800") parses, but could be neither stored nor sent back.
-        json.dumps(body, ensure_ascii=False).encode()
+        text = (await body_bytes(request)).decode("utf-8-sig")
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise Refused(400, {"error": f"Body is not valid JSON: {exc}"}) from exc
-    return body
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -583,6 +705,23 @@ def message_id_of(fields: dict[str, Any]) -> str | None:
     """The messageId when it could name a message: ids are strings, nothing else matches."""
     message_id = fields.get("messageId")
     return message_id if isinstance(message_id, str) and message_id else None
+
+
+def path_message_id(request: Request, prefix: bytes = b"/api/comments/") -> str:
+    """The id in the path, percent-decoded from the raw path: a lone surrogate is sent as its
+    three UTF-8-style bytes (`%ED%B0%80`), which the server's own decoding makes U+FFFD; an
+    escaped pair of them is one character, as json.loads reads one."""
+    decoded: str = request.path_params["message_id"]
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes) or not raw.startswith(prefix):
+        return decoded
+    try:
+        text = unquote_to_bytes(raw[len(prefix) :]).decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return decoded  # not UTF-8 even with surrogates: U+FFFD, as decoded
+    if text.isascii() or LONE_SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def first_query_value(request: Request, name: str) -> str | None:
@@ -654,12 +793,12 @@ class QueueRoutes:
         ]
 
     async def post_comment(self, request: Request) -> Response:
-        return JSONResponse(self.store.post_comment(Posted(await json_object(request))))
+        return JsonAnswer(self.store.post_comment(Posted(await json_object(request))))
 
     async def comments_after(self, request: Request) -> Response:
         # `after || since || "0"`, read by parseInt: `after=abc` is NaN and matches nothing.
         after = first_query_value(request, "after") or first_query_value(request, "since")
-        return JSONResponse(self.store.comments_after(js_parse_int(after or "0")))
+        return JsonAnswer(self.store.comments_after(js_parse_int(after or "0")))
 
     async def patch_eq(self, request: Request) -> Response:
         score = (await json_object(request)).get("eqScore")
@@ -668,12 +807,12 @@ class QueueRoutes:
                 raise invalid("eqScore: must be a number")
             if abs(score) > MAX_SAFE_INTEGER:
                 raise invalid(f"eqScore: must be at most {MAX_SAFE_INTEGER} in size")
-        return JSONResponse(self.store.patch_eq(request.path_params["message_id"], score))
+        return JsonAnswer(self.store.patch_eq(path_message_id(request), score))
 
     async def pending(self, request: Request) -> Response:
         text = first_query_value(request, "limit")
         limit = None if not text else js_parse_int(text) or 0
-        return JSONResponse(self.store.pending(limit))
+        return JsonAnswer(self.store.pending(limit))
 
     async def claim(self, request: Request) -> Response:
         fields = await json_fields(request)
@@ -681,30 +820,30 @@ class QueueRoutes:
         worker_id = None if message_id is None else worker_id_of(fields)
         if message_id is None or worker_id is None:
             raise Refused(404, {"success": False, "error": NOT_IN_PENDING_QUEUE})
-        return JSONResponse(self.store.claim(message_id, worker_id))
+        return JsonAnswer(self.store.claim(message_id, worker_id))
 
     async def claim_next(self, request: Request) -> Response:
         worker_id = worker_id_of(await json_fields(request))
         if worker_id is None:
-            answer = {"success": False, "message": None, "error": "workerId required"}
-            raise Refused(400, answer)
+            refused = {"success": False, "message": None, "error": "workerId required"}
+            raise Refused(400, refused)
         answer = self.store.claim_next(worker_id)
-        if self.faults.claims > 0 and answer.get("success"):
+        if self.faults.claims > 0 and answer.success:
             self.faults.claims -= 1
             await asyncio.sleep(self.faults.claim_delay_s)
-        return JSONResponse(answer)
+        return JsonAnswer(answer)
 
     async def complete(self, request: Request) -> Response:
         message_id = message_id_of(await json_fields(request))
         if message_id is None:
             raise Refused(404, {"success": False, "error": NOT_FOUND})
-        return JSONResponse(self.store.complete(message_id))
+        return JsonAnswer(self.store.complete(message_id))
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse(self.store.stats())
+        return JsonAnswer(self.store.stats())
 
     async def purge(self, request: Request) -> Response:
-        return JSONResponse(self.store.purge())
+        return JsonAnswer(self.store.purge())
 
     async def set_faults(self, request: Request) -> Response:
         fields = await json_object(request)
@@ -712,7 +851,7 @@ class QueueRoutes:
         if not isinstance(delay, int | float) or not isinstance(claims, int) or delay < 0:
             raise invalid("claim_delay_s: a number of seconds; claims: a count")
         self.faults = Faults(float(delay), claims)
-        return JSONResponse({"success": True, **asdict(self.faults)})
+        return JsonAnswer({"success": True, **asdict(self.faults)})
 
 
 class OpenCorsAndToken:
@@ -746,7 +885,7 @@ class OpenCorsAndToken:
 
         given = headers.get(b"authorization", b"")
         if self.expected is not None and not hmac.compare_digest(given, self.expected):
-            unauthorized = JSONResponse(
+            unauthorized = JsonAnswer(
                 {"error": "Unauthorized"}, 401, headers={"WWW-Authenticate": "Bearer"}
             )
             await unauthorized(scope, receive, send_with_cors)
@@ -757,16 +896,16 @@ class OpenCorsAndToken:
 async def answer_refused(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, Refused):
         raise exc
-    return JSONResponse(exc.answer, exc.status_code)
+    return JsonAnswer(exc.answer, exc.status_code)
 
 
 async def answer_not_found(request: Request, exc: Exception) -> Response:
     # A known path with another method is an unknown route too, as on the deployed queue.
-    return JSONResponse({"error": "Not found"}, 404)
+    return JsonAnswer({"error": "Not found"}, 404)
 
 
 async def answer_internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "Internal error"}, 500)
+    return JsonAnswer({"error": "Internal error"}, 500)
 
 
 def build_app(store: QueueStore, token: str | None = None) -> Starlette:

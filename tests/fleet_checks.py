@@ -68,10 +68,10 @@ def comments(stack: LocalStack) -> dict[str, dict[str, Any]]:
         return {str(comment["id"]): comment for comment in queue.comments_after(0)}
 
 
-def assert_answered_once(stack: LocalStack, ids: list[str]) -> dict[str, Job]:
+def assert_answered_once(stack: LocalStack, ids: list[str], timeout: float = 60) -> dict[str, Job]:
     """Every message: one reply, completed on the site, answered in the ledger; EQ once."""
     scored = [score_job_id(message_id) for message_id in ids] if stack.jobs_per_message > 1 else []
-    finished = wait_finished(stack, ids + scored)
+    finished = wait_finished(stack, ids + scored, timeout)
     for score_id in scored:
         assert finished.pop(score_id).outcome == "scored", score_id
     everything = comments(stack)

@@ -5,6 +5,7 @@ under concurrency, and our own client and bridge speaking to it. Real HTTP on lo
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from standins import SAMPLE_ENTITIES_DIR
 from standins.http_server import ThreadedServer
-from standins.local_queue import QueueStore, build_app
+from standins.local_queue import MAX_BODY_BYTES, QueueStore, build_app
 
 TOKEN = "s3cret-token"
 
@@ -355,3 +356,187 @@ def test_patch_reaches_ids_that_need_quoting(queue: SiteQueueClient) -> None:
     queue.post_comment(human("odd id/with?chars#", 1))
     assert queue.patch_eq("odd id/with?chars#", 3) == 3
     assert by_id(queue)["odd id/with?chars#"]["eqScore"] == 3
+
+
+# What the site's JSON can carry --------------------------------------------------------------
+
+LONE = "\udc00"  # a lone surrogate: a JavaScript string can hold one, JSON.stringify escapes it
+LONE_ID = f"h-surr-{LONE}"
+
+
+def as_the_site_writes(content: Any) -> bytes:
+    """JSON as JSON.stringify writes it: a lone surrogate escaped, every other character as it
+    is, in UTF-8."""
+    return json.dumps(content, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def lone_surrogate_message(message_id: str, timestamp: int) -> dict[str, Any]:
+    return {
+        **human(message_id, timestamp, entity=f"the-{LONE}eternal", sessionId=f"s{LONE}"),
+        "text": f"a{LONE}b \U0001f600 \u00e9",
+        "username": f"Al{LONE}ice",
+        "context": [f"bo{LONE}: hi", "Alice: \ud800"],
+    }
+
+
+def sent_as_the_site_sends(response: httpx.Response) -> Any:
+    """The answer's JSON, checked to be what the site would send: valid UTF-8, each lone
+    surrogate escaped (as its six characters), every other character as it is."""
+    assert response.status_code == 200, response.text[:500]
+    text = response.content.decode("utf-8")  # strict: a raw surrogate is not UTF-8
+    assert "\\udc00" in text
+    assert "\U0001f600 \u00e9" in text
+    return response.json()
+
+
+def test_a_lone_surrogate_in_any_string_is_kept_and_answered_escaped(queues: LocalQueues) -> None:
+    posted = lone_surrogate_message(LONE_ID, 1)
+    with httpx.Client(base_url=queues.start(), timeout=10) as raw:
+
+        def post(body: dict[str, Any]) -> Any:
+            headers = {"Content-Type": "application/json"}
+            response = raw.post("/api/comments", content=as_the_site_writes(body), headers=headers)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        def call(path: str, body: dict[str, Any]) -> httpx.Response:
+            return raw.post(path, content=as_the_site_writes(body))
+
+        assert post(posted) == {"id": LONE_ID, "timestamp": 1, "status": "success"}
+        assert post(posted)["status"] == "duplicate"
+        post(human("h-after-1", 2))
+        post(lone_surrogate_message(f"h-surr-\ud800-{LONE}", 3))
+        post(human("h-after-2", 4))
+
+        listed = sent_as_the_site_sends(raw.get("/api/queue/pending"))["pending"]
+        first = listed[0]
+        assert [message["id"] for message in listed] == [
+            LONE_ID, "h-after-1", f"h-surr-\ud800-{LONE}", "h-after-2"
+        ]  # fmt: skip
+        for field in ("id", "text", "username", "context"):
+            assert first[field] == posted[field]
+        assert first["botParams"]["entity"] == f"the-{LONE}eternal"
+        assert first["botParams"]["humanUsername"] == f"Al{LONE}ice"
+
+        claimed = sent_as_the_site_sends(call("/api/queue/claim-next", {"workerId": "bridge-1"}))
+        assert claimed["message"] == {
+            **first,
+            "botParams": {**first["botParams"], **claimed["message"]["botParams"]},
+        }
+        assert claimed["message"]["botParams"]["status"] == "processing"
+        # The claims after it go on (no 500), and a claim by a lone-surrogate id answers too.
+        following = call("/api/queue/claim-next", {"workerId": "bridge-1"})
+        assert following.status_code == 200, following.text
+        assert following.json()["message"]["id"] == "h-after-1"
+        by_claim = call(
+            "/api/queue/claim", {"messageId": f"h-surr-\ud800-{LONE}", "workerId": f"w{LONE}"}
+        )
+        assert sent_as_the_site_sends(by_claim)["message"]["botParams"]["claimedBy"] == f"w{LONE}"
+        last = call("/api/queue/claim-next", {"workerId": "bridge-1"}).json()
+        assert last["message"]["id"] == "h-after-2"
+
+        # PATCH with the id percent-encoded (the lone surrogate as its three bytes).
+        patched = sent_as_the_site_sends(
+            raw.patch("/api/comments/h-surr-%ED%B0%80", json={"eqScore": 7})
+        )
+        assert (patched["message"]["id"], patched["message"]["eqScore"]) == (LONE_ID, 7)
+        assert patched["globalScore"] == 7
+        assert raw.patch("/api/comments/h-surr-%EF%BF%BD", json={"eqScore": 1}).status_code == 404
+        completed = call("/api/queue/complete", {"messageId": LONE_ID})
+        assert (completed.status_code, completed.json()) == (200, {"success": True})
+
+        answer = sent_as_the_site_sends(raw.get("/api/comments", params={"after": "0"}))
+        kept = {message["id"]: message for message in answer["messages"]}
+        assert kept[LONE_ID]["text"] == posted["text"]
+        assert kept[LONE_ID]["eqScore"] == 7
+        assert kept[LONE_ID]["botParams"]["status"] == "complete"
+    queues.stop_all()
+    with httpx.Client(base_url=queues.start(), timeout=10) as raw:
+        after_restart = sent_as_the_site_sends(raw.get("/api/comments", params={"after": "0"}))
+        assert after_restart["messages"] == answer["messages"]
+
+
+def test_a_claim_that_cannot_be_answered_is_not_made(queues: LocalQueues) -> None:
+    """A hand-made row holding what JSON cannot carry: claim-next and claim answer 500, and the
+    message stays pending, unclaimed, as it was."""
+    url = queues.start()
+    row = human("nan-score", 1)
+    row["eqScore"] = float("nan")
+    row["botParams"]["status"] = "pending"
+    with sqlite3.connect(queues.db_path) as db:
+        db.execute(
+            "INSERT INTO messages (id, timestamp, status, priority, body)"
+            " VALUES ('nan-score', 1, 'pending', 5, ?)",
+            (json.dumps(row),),
+        )
+    db.close()
+    with httpx.Client(base_url=url, timeout=10) as raw:
+        for path, body in (
+            ("/api/queue/claim-next", {"workerId": "bridge-1"}),
+            ("/api/queue/claim", {"messageId": "nan-score", "workerId": "bridge-1"}),
+        ):
+            response = raw.post(path, json=body)
+            assert response.status_code == 500
+            assert "nan-score" in response.json()["error"]
+    with sqlite3.connect(queues.db_path) as db:
+        status, claimed_by, body = db.execute(
+            "SELECT status, claimed_by, body FROM messages WHERE id = 'nan-score'"
+        ).fetchone()
+    db.close()
+    assert (status, claimed_by, body) == ("pending", None, json.dumps(row))
+
+
+# Request bodies as large as the site takes ---------------------------------------------------
+
+FIFTY_MB = 50 * 1024 * 1024
+
+
+def test_a_50_mb_message_is_posted_claimed_and_listed(queue_url: str) -> None:
+    """The deployed queue takes bodies up to 100 MB: a 50 MB text, or context, is kept and
+    answered whole."""
+    big = {
+        "big-text": {"text": "x" * FIFTY_MB},
+        "big-context": {"context": ["ada: " + "y" * (FIFTY_MB // 200)] * 200},
+    }
+    with httpx.Client(base_url=queue_url, timeout=60) as raw:
+        for message_id, fields in big.items():
+            response = raw.post("/api/comments", json={**human(message_id, 1), **fields})
+            assert response.status_code == 200, response.text[:500]
+        for message_id, fields in big.items():
+            claimed = raw.post("/api/queue/claim-next", json={"workerId": "bridge-1"})
+            assert claimed.status_code == 200, claimed.text[:500]
+            message = claimed.json()["message"]
+            assert message["id"] == message_id
+            assert {name: message[name] for name in fields} == fields
+        listed = raw.get("/api/comments", params={"after": "0"}).json()["messages"]
+    assert [message["id"] for message in listed] == ["big-context", "big-text"]
+    for message in listed:
+        fields = big[message["id"]]
+        assert {name: message[name] for name in fields} == fields
+
+
+def test_a_body_past_100_mb_is_refused_with_413(queue_url: str) -> None:
+    with httpx.Client(base_url=queue_url, timeout=60) as raw:
+        # Declared too large: refused before it is read.
+        host, port = queue_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/comments HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+            )
+            head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 413 "), head[:200]
+
+        # Streamed without a length: refused once past the cap.
+        chunk = b" " * (1024 * 1024)
+
+        def too_much() -> Iterator[bytes]:
+            yield b'{"text": "'
+            for _ in range(MAX_BODY_BYTES // len(chunk) + 1):
+                yield chunk
+            yield b'", "username": "u"}'
+
+        response = raw.post("/api/comments", content=too_much())
+        assert response.status_code == 413
+        assert "too large" in response.json()["error"]
+        assert raw.get("/api/admin/stats").json()["recentMessages"] == 0

@@ -466,6 +466,34 @@ REPLY_STORED = stored(
     **{"message-type": "AI"},
 )
 SIXTY = [f"q{index:02}" for index in range(60)]
+# A lone surrogate, which a JavaScript string can hold: JSON.stringify writes it as "\udc00".
+LONE = "\udc00"
+LONE_ID = f"h-surr-{LONE}"
+LONE_FIELDS = {
+    "text": f"a{LONE}b \U0001f600 \u00e9",
+    "username": f"Al{LONE}ice",
+    "context": [f"bo{LONE}: hi", "Alice: \ud800"],
+}
+LONE_POSTED = {
+    **plain(LONE_ID, 1000),
+    **LONE_FIELDS,
+    "botParams": {"entity": f"the-{LONE}eternal", "sessionId": f"s-{LONE}"},
+}
+LONE_STORED = stored(
+    LONE_ID,
+    1000,
+    bot(entity=f"the-{LONE}eternal", session_id=f"s-{LONE}", username=f"Al{LONE}ice"),
+    **LONE_FIELDS,
+)
+LONE_CLAIMED = {
+    **LONE_STORED,
+    "botParams": {
+        **LONE_STORED["botParams"],
+        "status": "processing",
+        "claimedBy": WORKER,
+        "claimedAt": NOW,
+    },
+}
 
 CASES = [
     # POST /api/comments ------------------------------------------------------------------
@@ -598,6 +626,18 @@ CASES = [
         pending([]),
         claim_next(NOTHING_PENDING),
         claim("h1-re", NOT_IN_PENDING_QUEUE, status=404),
+    ),
+    case(
+        "stored: a lone surrogate in any string, and sent back as it came",
+        post(LONE_POSTED, success(LONE_ID, 1000)),
+        comments([LONE_STORED]),
+        pending([LONE_STORED]),
+        claim_next(claimed(LONE_CLAIMED, 1, 0)),
+        complete(LONE_ID),
+        comments([Has({"id": LONE_ID, "botParams": Has({"status": "complete"})})]),
+        post(human("h-next", 2000)),
+        claim(LONE_ID, NOT_IN_PENDING_QUEUE, status=404),
+        claim("h-next", {"success": True, "message": Has({"id": "h-next"})}),
     ),
     # Priority ----------------------------------------------------------------------------
     case(
@@ -1048,9 +1088,10 @@ STRICTER_THAN_THE_SITE = [
                  "a number JSON cannot carry back is not JSON we can keep")
         for method, path in ROUTES_WITH_BODIES
     ],
-    Stricter("a lone surrogate in the text", "POST", "/api/comments",
-             Raw(b'{"text": "a\\ud800b", "username": "u"}'), STORED_AS_SENT, 400,
-             "it cannot be stored as UTF-8, nor sent back as valid JSON"),
+    Stricter("a surrogate encoded in the bytes (not UTF-8)", "POST", "/api/comments",
+             Raw('{"text": "a\udc00b", "username": "u"}'.encode("utf-8", "surrogatepass")),
+             "200, stored with U+FFFD (a Worker reads bodies as UTF-8 with replacement)", 400,
+             "a body that is not UTF-8 is not JSON text; escaped (\\udc00), one is stored"),
     Stricter("a message without username", "POST", "/api/comments", {"text": "t"},
              STORED_AS_SENT, 422, "every reader of a message needs who said it"),
     Stricter("a message without text", "POST", "/api/comments", {"username": "u"},
