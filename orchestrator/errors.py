@@ -65,6 +65,15 @@ class BadQueueAnswer(QueueError):
     """The site queue answered something that is not the contract (bad JSON, wrong shape)."""
 
 
+class AnswerTooLarge(BadQueueAnswer):
+    """The site queue's answer is over its cap: read no further. `prefix` holds its start."""
+
+    def __init__(self, message: str, prefix: bytes, bytes_read: int) -> None:
+        super().__init__(message)
+        self.prefix = prefix
+        self.bytes_read = bytes_read
+
+
 # Failures of the site queue worth trying again after a pause.
 TRANSIENT_QUEUE_ERRORS = (QueueUnreachable, QueueServerError)
 

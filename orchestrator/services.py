@@ -36,7 +36,11 @@ def connect_redis(url: str) -> redis.Redis:
 
 def site_queue_client(settings: Settings) -> SiteQueueClient:
     return SiteQueueClient(
-        settings.queue_url, settings.queue_token_value(), timeout=settings.queue_timeout_s
+        settings.queue_url,
+        settings.queue_token_value(),
+        timeout=settings.queue_timeout_s,
+        max_answer_bytes=settings.max_answer_bytes,
+        max_comments_bytes=settings.max_comments_bytes,
     )
 
 

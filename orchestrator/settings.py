@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from orchestrator.domain.messages import MessageLimits
 from orchestrator.domain.routing import POLICIES
 from workers.contract.settings import ENV_PREFIX, CelerySettings
 
@@ -35,6 +36,28 @@ class Settings(CelerySettings):
     queue_url: str = Field(default="http://127.0.0.1:8787", description="The site queue's base URL")
     queue_token: SecretStr | None = Field(default=None, description="Bearer token for the queue")
     queue_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one queue call")
+    # What is taken from the site, read with a cap (never read whole, then checked).
+    max_answer_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=64 * 1024,
+        description="A site answer (claim-next, a claim) is read no further than this",
+    )
+    max_comments_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="The message list (recovery) is streamed, one message at a time, up to this",
+    )
+    max_message_bytes: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        description="A claimed message larger than this (as JSON) is refused with its reason",
+    )
+    max_text_chars: int = Field(
+        default=32_000, ge=1000, description="A message's text longer than this is refused"
+    )
+    max_context_lines: int = Field(
+        default=1000, ge=1, description="A message with more context lines is refused"
+    )
     entities_dir: Path = Field(default=Path("entities"), description="Folder of entity JSON files")
     bridge_id: str = Field(
         default_factory=_default_bridge_id, description="workerId the bridge claims with"
@@ -138,6 +161,13 @@ class Settings(CelerySettings):
         if name not in POLICIES:
             raise ValueError(f"one of {', '.join(POLICIES)}")
         return name
+
+    def message_limits(self) -> MessageLimits:
+        return MessageLimits(
+            max_bytes=self.max_message_bytes,
+            max_text_chars=self.max_text_chars,
+            max_context_lines=self.max_context_lines,
+        )
 
     def queue_token_value(self) -> str | None:
         return self.queue_token.get_secret_value() if self.queue_token else None

@@ -6,8 +6,10 @@ never retries: the bridge and the control tasks choose their own backoff.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -16,8 +18,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.domain.messages import NewMessage
+from orchestrator.domain.messages import NewMessage, leading_fields
 from orchestrator.errors import (
+    AnswerTooLarge,
     BadQueueAnswer,
     MessageGone,
     QueueClientError,
@@ -25,10 +28,28 @@ from orchestrator.errors import (
     QueueServerError,
     QueueUnreachable,
 )
+from orchestrator.json_stream import Oversize, StreamError, array_items
 
 log = logging.getLogger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)
 DETAIL_CHARS = 300
+DEFAULT_MAX_ANSWER_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_COMMENTS_BYTES = 256 * 1024 * 1024
+PREFIX_BYTES = 64 * 1024  # what is kept of an answer over its cap: enough for a message's id
+# Added by this client to a listed message too large to parse, with its size: never a field of
+# the site's, which stores a fixed set of them.
+OVERSIZE_FIELD = "oversizeBytes"
+
+
+@dataclass(frozen=True)
+class OversizeClaim:
+    """A claim-next answer over the cap: what its first bytes say of the claimed message (its
+    id comes first, as the site writes it), its size so far and a hash of what was read."""
+
+    fields: dict[str, Any]
+    bytes_read: int
+    sha256: str
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,7 @@ class ClaimNext:
     total_pending: int
     remaining_pending: int
     reason: str | None
+    oversize: OversizeClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +123,15 @@ class SiteQueueClient:
         *,
         connect_timeout: float = 3.0,
         timeout: float = 10.0,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        max_comments_bytes: int = DEFAULT_MAX_COMMENTS_BYTES,
     ) -> None:
+        """No answer is read past its cap: `max_answer_bytes` for each route's answer but the
+        message list's, which is read as a stream, one message at a time, up to
+        `max_comments_bytes`."""
         self.base_url = base_url
+        self.max_answer_bytes = max_answer_bytes
+        self.max_comments_bytes = max_comments_bytes
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.bytes_received = 0  # the answers' bodies, for what a caller costs the site
         self._http = httpx.Client(
@@ -128,9 +157,21 @@ class SiteQueueClient:
     # The bot's queue -------------------------------------------------------------------------
 
     def claim_next(self, worker_id: str) -> ClaimNext:
-        answer = self._call(
-            "POST", "/api/queue/claim-next", _ClaimNextAnswer, {"workerId": worker_id}
-        )
+        """The next message, claimed. One too large to read is not read: what its first bytes
+        say of it comes back as `oversize`, so the caller can end it with its reason."""
+        try:
+            answer = self._call(
+                "POST", "/api/queue/claim-next", _ClaimNextAnswer, {"workerId": worker_id}
+            )
+        except AnswerTooLarge as exc:
+            text = exc.prefix.decode("utf-8", "replace")
+            oversize = OversizeClaim(
+                fields=leading_fields(text, within="message"),
+                bytes_read=exc.bytes_read,
+                sha256=hashlib.sha256(exc.prefix).hexdigest(),
+                prefix=text[:1000],
+            )
+            return ClaimNext(None, 0, 0, "answer over the cap", oversize=oversize)
         if answer.success and answer.message is None:
             raise BadQueueAnswer("claim-next answered success without a message")
         return ClaimNext(
@@ -167,8 +208,29 @@ class SiteQueueClient:
 
     def comments_after(self, after_ms: int, limit: int | None = None) -> list[dict[str, Any]]:
         """Messages with a timestamp after `after_ms`, newest first."""
+        return list(self.iter_comments_after(after_ms, limit))
+
+    def iter_comments_after(
+        self, after_ms: int, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The same, read as a stream, one message at a time: a day of history (tens of
+        megabytes) is never held whole. A message over `max_answer_bytes` is not parsed: what
+        its first and last bytes tell of it comes, with its size under `OVERSIZE_FIELD`.
+        Raises AnswerTooLarge past `max_comments_bytes`, after the messages read so far."""
         params = {"after": after_ms} if limit is None else {"after": after_ms, "limit": limit}
-        return self._call("GET", "/api/comments", _CommentsAnswer, params=params).messages
+        path = "/api/comments"
+        with self._send("GET", path, None, params) as response:
+            if response.status_code != 200:
+                self._answer(response, path, "GET", gone=None)
+            chunks = _capped_chunks(response, self.max_comments_bytes, f"GET {path}", self)
+            try:
+                for item in array_items(chunks, "messages", max_item_bytes=self.max_answer_bytes):
+                    if isinstance(item, Oversize):
+                        yield {**item.fields(), OVERSIZE_FIELD: item.size}
+                    else:
+                        yield item
+            except StreamError as exc:
+                raise BadQueueAnswer(f"GET {path}: answer is not the expected JSON: {exc}") from exc
 
     # Admin -----------------------------------------------------------------------------------
 
@@ -191,43 +253,118 @@ class SiteQueueClient:
         gone: str | None = None,
     ) -> Answer:
         """One request; `gone` names the message whose 404 means MessageGone."""
+        with self._send(method, path, body, params) as response:
+            answer = self._answer(response, path, method, gone=gone)
+        try:
+            return shape.model_validate(answer)
+        except ValidationError as exc:
+            text = json.dumps(answer)[:DETAIL_CHARS]
+            raise BadQueueAnswer(
+                f"{method} {path}: answer is not the expected shape: {text!r}"
+            ) from exc
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, int] | None
+    ) -> _Answering:
         # ASCII-escaped JSON: a lone surrogate the site sent us goes back as it came.
         content = None if body is None else json.dumps(body).encode()
         headers = None if body is None else {"Content-Type": "application/json"}
-        try:
-            response = self._http.request(
-                method, path, content=content, headers=headers, params=params
-            )
-        except httpx.DecodingError as exc:
-            raise BadQueueAnswer(f"{method} {path}: undecodable answer: {exc}") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise QueueNotReached(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        except httpx.RequestError as exc:
-            raise QueueUnreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        self.bytes_received += len(response.content)
+        request = self._http.build_request(
+            method, path, content=content, headers=headers, params=params
+        )
+        return _Answering(self._http, request, f"{method} {path}")
+
+    def _answer(self, response: httpx.Response, path: str, method: str, *, gone: str | None) -> Any:
+        """The answer's JSON, read up to the cap; HTTP statuses become our errors."""
+        content = _read_capped(response, self.max_answer_bytes, f"{method} {path}")
+        self.bytes_received += len(content)
         status = response.status_code
         if status == 404 and gone is not None:
             raise MessageGone(gone)
         if 400 <= status < 500:
-            raise QueueClientError(status, _detail(response))
+            raise QueueClientError(status, _detail(content))
         if status >= 500:
-            raise QueueServerError(status, _detail(response))
+            raise QueueServerError(status, _detail(content))
         if status != 200:
             raise BadQueueAnswer(f"{method} {path}: unexpected HTTP {status}")
         try:
-            return shape.model_validate(response.json())
-        except ValueError as exc:  # not JSON, or not the contract's shape (ValidationError)
-            what = "shape" if isinstance(exc, ValidationError) else "JSON"
-            text = response.text[:DETAIL_CHARS]
-            raise BadQueueAnswer(
-                f"{method} {path}: answer is not the expected {what}: {text!r}"
-            ) from exc
+            return json.loads(content)
+        except ValueError as exc:
+            text = content[:DETAIL_CHARS].decode("utf-8", "replace")
+            raise BadQueueAnswer(f"{method} {path}: answer is not JSON: {text!r}") from exc
 
 
-def _detail(response: httpx.Response) -> str:
+class _Answering:
+    """One request's answer, streamed: its body is read by the caller, within a cap, and the
+    connection released when done. httpx errors become ours here."""
+
+    def __init__(self, http: httpx.Client, request: httpx.Request, what: str) -> None:
+        self._http = http
+        self._request = request
+        self._what = what
+        self._response: httpx.Response | None = None
+
+    def __enter__(self) -> httpx.Response:
+        try:
+            self._response = self._http.send(self._request, stream=True)
+        except httpx.DecodingError as exc:
+            raise BadQueueAnswer(f"{self._what}: undecodable answer: {exc}") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise QueueNotReached(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+        except httpx.RequestError as exc:
+            raise QueueUnreachable(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+        return self._response
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            self._response.close()
+
+
+def _read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
+    """The body, never more of it than `cap`: past it, AnswerTooLarge with what was read."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                kept = b"".join(chunks)[:PREFIX_BYTES]
+                raise AnswerTooLarge(f"{what}: answer over the {cap}-byte cap", kept, size)
+            chunks.append(chunk)
+    except httpx.DecodingError as exc:
+        raise BadQueueAnswer(f"{what}: undecodable answer: {exc}") from exc
+    except httpx.RequestError as exc:
+        raise QueueUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    return b"".join(chunks)
+
+
+def _capped_chunks(
+    response: httpx.Response, cap: int, what: str, client: SiteQueueClient
+) -> Iterator[bytes]:
+    """The body's chunks as they come, counted on the client, up to `cap`."""
+    read = 0
+    try:
+        for chunk in response.iter_bytes():
+            read += len(chunk)
+            client.bytes_received += len(chunk)
+            if read > cap:
+                raise AnswerTooLarge(f"{what}: answer over the {cap}-byte cap", b"", read)
+            yield chunk
+    except httpx.DecodingError as exc:
+        raise BadQueueAnswer(f"{what}: undecodable answer: {exc}") from exc
+    except httpx.RequestError as exc:
+        raise QueueUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _detail(content: bytes) -> str:
     """The queue's `error` field when it gives one, else the start of the body."""
     try:
-        error = response.json().get("error")
+        error = json.loads(content).get("error")
     except (ValueError, AttributeError):
         error = None
-    return str(error) if error else response.text[:DETAIL_CHARS]
+    return str(error) if error else content[:DETAIL_CHARS].decode("utf-8", "replace")

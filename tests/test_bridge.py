@@ -146,7 +146,11 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
     assert "unknown entity 'nobody'" in (jobs["unknown-entity"].reason or "")
     assert jobs["no-server-has-model"].state is JobState.DEAD
     assert "qwen2.5:7b" in (jobs["no-server-has-model"].reason or "")
-    assert jobs["huge-text"].state is JobState.DEAD
+    # Too large to carry: refused whole, its entry keeping an excerpt and a hash.
+    huge = jobs["huge-text"]
+    assert huge.state is JobState.REJECTED and "over the 524288-byte limit" in (huge.reason or "")
+    key = bridge.services.keys.job("huge-text")
+    assert (bridge.services.redis.memory_usage(key) or 0) < 8192  # never kept at full size
     # Odd context lines are left out, not the message: it is placed (here, on no server).
     assert jobs["context-odd-lines"].state is JobState.DEAD
     assert "no online server has model" in (jobs["context-odd-lines"].reason or "")
@@ -155,16 +159,17 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
         job.message_id: job
         for job in bridge.services.ledger.get_many(score_job_id(m) for m in HOSTILE)
     }
-    assert set(scores) == set(HOSTILE)
+    assert set(scores) == set(HOSTILE) - {"huge-text"}
     for message_id in ("no-text", "text-not-string", "context-not-list", "timestamp-string"):
         assert scores[message_id].outcome is Outcome.REJECTED, message_id  # nothing to score
-    for message_id in ("unknown-entity", "no-server-has-model", "huge-text", "context-odd-lines"):
+    assert "huge-text" not in scores  # refused before any job, its score's included
+    for message_id in ("unknown-entity", "no-server-has-model", "context-odd-lines"):
         lost = scores[message_id]  # its text could be scored, but no server has the scorer's
         assert (lost.state, lost.outcome) == (JobState.DEAD, Outcome.SCORE_LOST), message_id
         assert "llama3.2:3b (entity eq-score)" in (lost.reason or "")
     dead = bridge.services.ledger.dead_job_ids()
     assert sorted(dead) == sorted(
-        ["no-server-has-model", "huge-text", "context-odd-lines"]
+        ["no-server-has-model", "context-odd-lines"]
         + [score_job_id(m) for m, job in scores.items() if job.state is JobState.DEAD]
     )
 
@@ -172,7 +177,9 @@ def test_hostile_messages_are_completed_with_a_recorded_reason(
 def test_a_message_without_an_id_is_counted_and_skipped(bridge: Bridge) -> None:
     bridge.take({"text": "hi", "username": "ada"}, [])
     bridge.take({"id": 12, "text": "hi"}, [])
-    assert bridge.services.ledger.counters().get("no_id") == 2
+    assert bridge.services.ledger.counters().get("refused") == 2
+    count, refused = bridge.services.ledger.refused()
+    assert count == 2 and {entry["reason"] for entry in refused} == {"the message has no id"}
 
 
 def test_a_message_claimed_twice_is_left_to_its_first_job(bridge: Bridge) -> None:
@@ -354,7 +361,7 @@ def test_an_id_that_names_another_message_s_score_is_completed_not_written(
     assert statuses(db_path) == {"abc": "complete", "abc#eq": "complete"}
     (score,) = bridge.services.ledger.get_many([score_job_id("abc")])
     assert score.kind is JobKind.SCORE  # still the score of `abc`, untouched by the other
-    assert bridge.services.ledger.counters().get("rejected_id") == 1
+    assert bridge.services.ledger.counters().get("refused") == 1
     assert bridge.services.ledger.claim_notes() == []
 
 

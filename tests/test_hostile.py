@@ -30,7 +30,7 @@ from orchestrator.celery import make_app
 from orchestrator.control.sweep import queued_attempt
 from orchestrator.domain.entities import EntityCatalog
 from orchestrator.domain.job import Job
-from orchestrator.domain.messages import BotParams, Message, NewMessage
+from orchestrator.domain.messages import BotParams, Message, NewMessage, id_problem, size_problem
 from orchestrator.domain.replies import build_reply
 from orchestrator.entity_folder import load_entities
 from orchestrator.services import Services
@@ -86,7 +86,8 @@ ODD_TEXTS = [
     "{message} {text} {0} %s %(x)s",
     "line\nbreak\r\n\ttab \ufeff\ufffe\uffff",
 ]
-HUGE_CONTEXT = [f"speaker{n}: " + "w" * 2000 for n in range(500)]
+# The site sends up to 200 lines: far over any prompt budget, within the message limits.
+HUGE_CONTEXT = [f"speaker{n}: " + "w" * 2000 for n in range(200)]
 NO_SEPARATOR_CONTEXT = ["no separator here", ":", ": ", "ada:", " : x", "::::", "ada: ", "ada :x"]
 
 FIELDS: dict[str, Pools] = {
@@ -311,6 +312,7 @@ class Fate(StrEnum):
     UNKNOWN = "unknown entity"
     DISABLED = "is disabled"
     PLACED = "placed"  # valid for an enabled entity: it goes to a server
+    TOO_LARGE = "too large"  # any message past the limits, whatever else it is
 
 
 def fates(kind: Kind, entity: Any, entities: EntityCatalog) -> set[Fate]:
@@ -333,7 +335,7 @@ def rejected_as(job: Job) -> Fate | None:
     if job.state is not JobState.REJECTED:
         return None
     reason = job.reason or ""
-    for fate in (Fate.MALFORMED, Fate.NO_ENTITY, Fate.UNKNOWN, Fate.DISABLED):
+    for fate in (Fate.MALFORMED, Fate.NO_ENTITY, Fate.UNKNOWN, Fate.DISABLED, Fate.TOO_LARGE):
         if fate.value in reason:
             return fate
     return None
@@ -455,6 +457,15 @@ def test_every_hostile_message_is_placed_or_completed_with_a_reason(
     services = rig.bridge.services
     assert rig.bridge.claim_one(services.fleet.read()), "the bridge did not claim the row"
 
+    problem = id_problem(message_id)
+    if problem is not None:  # an id no job can have: refused, never written, completed
+        event("refused: its id")
+        assert services.ledger.refused(1)[1][0]["reason"] == problem
+        assert queue_statuses(rig.db_path, [message_id])[message_id] == ("complete", "complete")
+        assert rig.queued_generate_tasks() == []
+        return
+    if size_problem(row, len(json.dumps(row)), services.settings.message_limits()):
+        allowed = {Fate.TOO_LARGE}
     job = services.ledger.get(message_id)
     assert job is not None, "claimed but not in the ledger"
     if not job.state.finished or job.state is JobState.DEAD:
@@ -496,10 +507,13 @@ def test_the_catalogue_yields_every_fate(tmp_path: Path) -> None:
     entities = load_entities(entities_folder(tmp_path))
     source = RandomSource(random.Random(7))
     seen: Counter[Fate] = Counter()
+    limits = Settings().message_limits()
     for _ in range(500):
         case = build_case(source)
-        _, kind = case.row("p-")
+        row, kind = case.row("p-")
         seen.update(fates(kind, case.entity, entities))
+        if size_problem(row, len(json.dumps(row)), limits):
+            seen[Fate.TOO_LARGE] += 1
     assert set(seen) == set(Fate), seen
     assert seen[Fate.PLACED] >= 50, seen
 
@@ -631,7 +645,10 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
     assert len(by_id) == len(hostile), "ids must be unique"
     valid = valid_messages()
     valid_ids = [str(message.id) for message in valid]
+    refused = {message_id for message_id in by_id if id_problem(message_id)}
+    kept_ids = [*(m for m in by_id if m not in refused), *valid_ids]
     all_ids = [*by_id, *valid_ids]
+    limits = Settings().message_limits()
 
     with LocalStack(entities_dir=folder) as stack:
         db_path = stack.work_dir / "queue.sqlite3"
@@ -643,8 +660,8 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
 
             def all_ended() -> bool:
                 stack.check_alive()
-                jobs = ledger.get_many(all_ids)
-                if len(jobs) < len(all_ids) or not all(job.state.finished for job in jobs):
+                jobs = ledger.get_many(kept_ids)
+                if len(jobs) < len(kept_ids) or not all(job.state.finished for job in jobs):
                     return False
                 statuses = queue_statuses(db_path, all_ids)
                 return len(statuses) == len(all_ids) and all(
@@ -656,12 +673,13 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
             except TimeoutError:
                 stuck = [
                     (job.id[:40], job.state.value, job.reason)
-                    for job in ledger.get_many(all_ids)
+                    for job in ledger.get_many(kept_ids)
                     if not job.state.finished
                 ]
                 raise AssertionError(f"messages left unfinished: {stuck}") from None
             comments = queue.comments_after(0)
-        jobs = {job.id: job for job in ledger.get_many(all_ids)}
+        jobs = {job.id: job for job in ledger.get_many(kept_ids)}
+        refused_entries = ledger.refused(len(refused) + 1)[0]
         stack.check_alive()
         assert stack.processes.crashed() == []
 
@@ -673,9 +691,13 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
         assert (job.state, job.outcome, counts[message_id]) == (JobState.DONE, "answered", 1), (
             message_id, job.reason,
         )  # fmt: skip
+    assert refused_entries == len(refused)
     for message_id, case in by_id.items():
-        job = jobs[message_id]
         replied = counts[message_id]
+        if message_id in refused:  # an id no job can have: completed (above), never answered
+            assert replied == 0, message_id
+            continue
+        job = jobs[message_id]
         if job.state is JobState.DONE:
             # Answered (one reply) or skipped by the entity's own rules (none).
             assert Fate.PLACED in case.fates, (message_id, case.fates)
@@ -691,7 +713,9 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
             assert Fate.PLACED in case.fates, (message_id, job.reason)
         else:
             assert job.state is JobState.REJECTED, (message_id, job.state)
-            assert rejected_as(job) in case.fates, (message_id, job.reason, case.fates)
+            too_large = size_problem(case.row, len(json.dumps(case.row)), limits) is not None
+            allowed = {Fate.TOO_LARGE} if too_large else case.fates
+            assert rejected_as(job) in allowed, (message_id, job.reason, case.fates)
     # The hand-written valid rows with a known identity were answered, not given up.
     answered = {m for m, case in by_id.items() if case.reply_as and counts[m] == 1}
     assert answered == {m for m, case in by_id.items() if case.reply_as}, answered

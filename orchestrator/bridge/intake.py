@@ -13,13 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.domain.job import JobKind, Outcome
+from orchestrator.domain.job import JobKind
 from orchestrator.domain.messages import Message
 from orchestrator.domain.model_names import model_key
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
-from orchestrator.errors import MessageGone, QueueError
+from orchestrator.refusals import end_unanswered
 from orchestrator.services import Services
-from workers.contract.job import JobState
 from workers.contract.protocol import ChatRequest
 
 log = logging.getLogger(__name__)
@@ -60,37 +59,6 @@ class Rejection(Exception):
     def __init__(self, reason: str, *, malformed: bool = False) -> None:
         super().__init__(reason)
         self.malformed = malformed  # the message itself is bad: neither reply nor score
-
-
-# How a job that gets no answer ends: (state, outcome), by its kind and whether it could have
-# been answered (`dead`) or never can be (a bad message, an unknown entity).
-UNANSWERED = {
-    (JobKind.REPLY, True): (JobState.DEAD, Outcome.DEAD),
-    (JobKind.REPLY, False): (JobState.REJECTED, Outcome.REJECTED),
-    (JobKind.SCORE, True): (JobState.DEAD, Outcome.SCORE_LOST),
-    (JobKind.SCORE, False): (JobState.REJECTED, Outcome.REJECTED),
-}
-
-
-def end_unanswered(
-    services: Services, job_id: str, kind: JobKind, reason: str, *, dead: bool
-) -> None:
-    """Record why. A reply's message is then completed on the site: it gets no reply. A
-    score touches nothing on the site; a dead one is a dead letter, for `jobs` to show."""
-    state, outcome = UNANSWERED[(kind, dead)]
-    services.ledger.finish(job_id, state, reason=reason, outcome=outcome)
-    if kind is not JobKind.SCORE:
-        complete_on_site(services, job_id)
-
-
-def complete_on_site(services: Services, message_id: str) -> None:
-    """Complete a message the bridge gives no reply; a failure is logged, never raised."""
-    try:
-        services.queue.complete(message_id)
-    except MessageGone:
-        log.warning("job=%s already gone from the site queue", message_id)
-    except QueueError as exc:
-        log.error("job=%s could not be completed on the site queue: %s", message_id, exc)
 
 
 class Intake:

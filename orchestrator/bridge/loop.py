@@ -9,6 +9,7 @@ sends its result to `deliver` on `control`).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import secrets
@@ -19,13 +20,16 @@ from typing import Any
 import redis
 from celery import Celery
 
-from orchestrator.bridge.intake import Intake, ReadyJob, complete_on_site
+from orchestrator.bridge.intake import Intake, ReadyJob
 from orchestrator.bridge.placement import FleetCache, Placement
 from orchestrator.domain.job import SCORE_SUFFIX, Job, JobKind, score_job_id
+from orchestrator.domain.messages import id_problem, size_problem
 from orchestrator.domain.routing import SpeedDefaults, policy_named
 from orchestrator.domain.servers import ServerView
 from orchestrator.errors import QueueError, QueueNotReached
+from orchestrator.refusals import refuse_oversize, refuse_unkeepable
 from orchestrator.services import Services
+from orchestrator.site_queue import OversizeClaim
 from orchestrator.state.ledger import Claim, ClaimNote
 
 log = logging.getLogger(__name__)
@@ -175,6 +179,9 @@ class Bridge:
             if time.monotonic() - self._empty_shared_at >= EMPTY_SHARED_EVERY_S:
                 self._empty_shared_at = time.monotonic()
                 self.services.ledger.note_site_empty(asked_ms)
+        if claimed.oversize is not None:
+            self.refuse_oversize_claim(claimed.oversize, note.id)
+            return True
         if message is None:
             self.services.ledger.drop_claim_note(note.id)
             self._queue_empty_until = time.monotonic() + self.settings.claim_idle_s
@@ -193,14 +200,19 @@ class Bridge:
         """Handle one claimed message; never raises for anything the message carries. Its
         claim's `note` goes when its jobs are written."""
         job_id = raw.get("id")
-        if not isinstance(job_id, str) or not job_id:
-            log.error("bridge: claimed a message without an id; cannot complete it: %.200r", raw)
-            self.services.ledger.count("no_id")
-            if note:
-                self.services.ledger.drop_claim_note(note)  # nothing recovery could do either
+        problem = id_problem(job_id)
+        if problem is None and str(job_id).endswith(SCORE_SUFFIX):
+            problem = f"its id ends with {SCORE_SUFFIX!r}, which names a score's job"
+        if problem is not None or not isinstance(job_id, str):
+            refuse_unkeepable(self.services, job_id, problem or "no id", note=note)
             return
-        if job_id.endswith(SCORE_SUFFIX):
-            self.refuse_score_like_id(job_id, note)
+        size = len(json.dumps(raw))
+        too_large = size_problem(raw, size, self.settings.message_limits())
+        if too_large is not None:
+            refuse_oversize(
+                self.services, raw, too_large, bridge_id=self.settings.bridge_id, size=size,
+                note=note,
+            )  # fmt: skip
             return
         scored = self.settings.eq_enabled
         claim = self.services.ledger.record_claim(
@@ -227,17 +239,31 @@ class Bridge:
             if ready is not None:
                 self.placement.enqueue(ready, fleet)
 
-    def refuse_score_like_id(self, job_id: str, note: str) -> None:
-        """An id ending as a score's job id does (`abc#eq`) could name another message's score
-        in the ledger: the message is completed without a reply, and never written there."""
-        log.error(
-            "job=%s rejected: its id ends with %r, which names a score's job; completed "
-            "without a reply", job_id, SCORE_SUFFIX,
+    def refuse_oversize_claim(self, oversize: OversizeClaim, note: str) -> None:
+        """A claim-next answer too large to read: the message it claimed is ended by the id its
+        first bytes give; without one, its note stays for recovery, which reads the site's
+        list one message at a time."""
+        fields = oversize.fields
+        job_id = fields.get("id")
+        reason = (
+            f"the site's answer for it was over the {self.settings.max_answer_bytes}-byte "
+            f"cap (read {oversize.bytes_read} bytes)"
+        )
+        if not isinstance(job_id, str):
+            log.error("bridge: %s, and no id in its first bytes: %s", reason,
+                      oversize.prefix[:200])  # fmt: skip
+            self.services.ledger.count("oversize_without_id")
+            return
+        problem = id_problem(job_id)
+        if problem is not None or job_id.endswith(SCORE_SUFFIX):
+            refuse_unkeepable(self.services, job_id, problem or "a score's id", note=note)
+            return
+        kept = {**fields, "id": job_id, "text": str(fields.get("text", ""))}
+        refuse_oversize(
+            self.services, kept, f"too large: {reason}",
+            bridge_id=self.settings.bridge_id, size=oversize.bytes_read, digest=oversize.sha256,
+            note=note,
         )  # fmt: skip
-        self.services.ledger.count("rejected_id")
-        if note:
-            self.services.ledger.drop_claim_note(note)
-        complete_on_site(self.services, job_id)
 
     # Jobs the ledger holds ----------------------------------------------------------------
 

@@ -11,12 +11,20 @@ does not hold, and forgets the note.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import redis
 
 from orchestrator.domain.job import SCORE_SUFFIX
+from orchestrator.domain.messages import id_problem, size_problem
+from orchestrator.errors import AnswerTooLarge, QueueError
+from orchestrator.refusals import refuse_oversize, refuse_unkeepable
 from orchestrator.services import Services
+from orchestrator.site_queue import OVERSIZE_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +64,17 @@ def recover(services: Services) -> RecoveryPass:
         began[note.bridge_id] = min(began.get(note.bridge_id, note.at_ms), note.at_ms)
     began = {bridge_id: at_ms - CLOCK_SLACK_MS for bridge_id, at_ms in began.items()}
     recovered = 0
-    for message in services.queue.comments_after(after_ms):
-        params = message.get("botParams")
-        job_id = message.get("id")
-        if not isinstance(params, dict) or not isinstance(job_id, str) or not job_id:
-            continue
-        if job_id.endswith(SCORE_SUFFIX):
-            continue  # a bridge refuses such an id: it would name another message's score
-        bridge_id = params.get("claimedBy")
-        if params.get("status") != "processing" or bridge_id not in began:
-            continue
-        claimed_at = params.get("claimedAt")
-        if isinstance(claimed_at, int | float) and claimed_at < began[str(bridge_id)]:
-            continue  # claimed before any claim in doubt: written, or recovered already
-        if ledger.recover_claim(
-            job_id, message, settings.job_deadline_s, scored=settings.eq_enabled
-        ):
-            recovered += 1
-            log.warning(
-                "job=%s claimed by %s but missing from the ledger: recovered", job_id, bridge_id
-            )
+    try:
+        for message in services.queue.iter_comments_after(after_ms):
+            try:
+                recovered += recover_one(services, message, began)
+            except (QueueError, redis.RedisError):
+                raise  # the pass ends; its notes stay for the next
+            except Exception:  # one message never stops the pass for the others
+                log.exception("recovery: a listed message could not be looked into: %.200r",
+                              message.get("id"))  # fmt: skip
+    except AnswerTooLarge as exc:
+        log.error("recovery: %s; the messages read before it were looked into", exc)
     ledger.forget_claim_notes([note.id for note in due])
     site_bytes = services.queue.bytes_received - bytes_before
     log.info(
@@ -83,3 +82,37 @@ def recover(services: Services) -> RecoveryPass:
         len(due), site_bytes, recovered,
     )  # fmt: skip
     return RecoveryPass(recovered, len(due), site_bytes)
+
+
+def recover_one(services: Services, message: dict[str, Any], began: dict[str, int]) -> int:
+    """1 if this listed message is a claim in doubt that the ledger missed, now taken back
+    (or, if it cannot be taken, ended with its reason as its bridge would have)."""
+    params = message.get("botParams")
+    if not isinstance(params, dict):
+        return 0
+    bridge_id = params.get("claimedBy")
+    if params.get("status") != "processing" or bridge_id not in began:
+        return 0
+    claimed_at = params.get("claimedAt")
+    if isinstance(claimed_at, int | float) and claimed_at < began[str(bridge_id)]:
+        return 0  # claimed before any claim in doubt: written, or recovered already
+    job_id = message.get("id")
+    problem = id_problem(job_id)
+    if problem is None and str(job_id).endswith(SCORE_SUFFIX):
+        problem = f"its id ends with {SCORE_SUFFIX!r}, which names a score's job"
+    if problem is not None or not isinstance(job_id, str):
+        refuse_unkeepable(services, job_id, problem or "no id")
+        return 1
+    settings = services.settings
+    # One too large for the client to parse comes with its size and what its ends told.
+    size = int(message.get(OVERSIZE_FIELD) or len(json.dumps(message)))
+    too_large = size_problem(message, size, settings.message_limits())
+    if too_large is not None:
+        refuse_oversize(services, message, too_large, bridge_id="", size=size)
+        return 1
+    if not services.ledger.recover_claim(
+        job_id, message, settings.job_deadline_s, scored=settings.eq_enabled
+    ):
+        return 0
+    log.warning("job=%s claimed by %s but missing from the ledger: recovered", job_id, bridge_id)
+    return 1

@@ -26,6 +26,7 @@ from workers.contract.keys import Keys
 from workers.contract.scripts import pairs_to_dict, register
 
 log = logging.getLogger(__name__)
+REFUSED_KEPT = 1000  # refused messages kept for an operator to see, newest first
 
 ONCE_GUARD_TTL_S = 7 * 86400
 # A finished score's once-guard lingers this long, for a delivery of its result still on its
@@ -219,6 +220,23 @@ class Ledger:
     def count(self, name: str) -> None:
         """One more of an outcome that has no job to record it on (a message without an id)."""
         self.redis.hincrby(self.keys.counters, name, 1)
+
+    def note_refused(self, what: str, reason: str, *, kept: int = REFUSED_KEPT) -> None:
+        """A message that could not become a job (its id cannot be kept, its answer was too
+        large to read): `what` (an escaped excerpt of its id) and why, in a bounded list."""
+        entry = json.dumps({"at": round(time.time(), 3), "what": what, "reason": reason})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(self.keys.refused_messages, entry)
+        pipe.ltrim(self.keys.refused_messages, 0, kept - 1)
+        pipe.execute()
+
+    def refused(self, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+        """How many refused messages are kept, and the newest `limit` of them."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.keys.refused_messages)
+        pipe.lrange(self.keys.refused_messages, 0, limit - 1)
+        count, entries = pipe.execute()
+        return int(count), [json.loads(entry) for entry in entries]
 
     # Claims -------------------------------------------------------------------------------
 

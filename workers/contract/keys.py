@@ -117,6 +117,13 @@ class Keys:
         return f"{self.prefix}:jobs:scores-lost"
 
     @property
+    def refused_messages(self) -> str:
+        """List, newest first and bounded: messages the site sent that could not be taken as
+        jobs at all (an id that cannot be kept, an answer too large to read), each with its
+        reason; completed on the site where it allows."""
+        return f"{self.prefix}:site:refused"
+
+    @property
     def finished_jobs(self) -> str:
         """String: how many jobs have finished. A finished job's hash expires by itself."""
         return f"{self.prefix}:jobs:finished"
