@@ -50,26 +50,57 @@ class Oversize:
 
 
 class _Scanner:
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    """A window on the stream: what is still needed of it, read on as asked. An element that
+    grows past `max_item` is let go as it is read, only its first and last bytes kept."""
+
+    def __init__(self, chunks: Iterable[bytes], max_item: int, keep: int) -> None:
         self._chunks = iter(chunks)
         self.buffer = b""
         self.pos = 0
-        self.ended = False
+        self.max_item = max_item
+        self.keep = keep
+        self.item_start = -1  # where the element being read began, or -1
+        self.skipped = 0  # bytes of it let go (it is oversize when > 0)
+        self.prefix = b""
+        self.tail = b""
+        self.dropped = 0  # bytes let go since the start: an index plus this is absolute
+
+    def begin_item(self, at: int) -> None:
+        self.item_start, self.skipped, self.prefix, self.tail = at, 0, b"", b""
 
     def more(self) -> bool:
-        """Append the next chunk; False at the end of the stream."""
+        """Read the next chunk, letting go of what is no longer needed; False at the end."""
         chunk = next(self._chunks, None)
         if chunk is None:
-            self.ended = True
             return False
+        if self.item_start >= 0:
+            if not self.skipped and len(self.buffer) - self.item_start > self.max_item:
+                self.prefix = self.buffer[self.item_start : self.item_start + self.keep]
+            if self.prefix:  # oversize: keep its tail only
+                gone = self.buffer[self.item_start : self.pos]
+                self.tail = (self.tail + gone)[-self.keep :]
+                self.skipped += len(gone)
+                self._drop(self.pos)
+                self.item_start = 0
+        elif self.pos > self.keep:
+            self._drop(self.pos)
         self.buffer += chunk
         return True
 
-    def drop_before(self, keep_from: int) -> int:
-        """Forget the bytes before `keep_from` (already handled); returns how many went."""
-        self.buffer = self.buffer[keep_from:]
-        self.pos -= keep_from
-        return keep_from
+    def end_item(self, end: int) -> bytes | Oversize:
+        """The element that ends at `end` (its closing brace's index, exclusive)."""
+        start, self.item_start = self.item_start, -1
+        if not self.prefix and end - start > self.max_item:
+            self.prefix = self.buffer[start : start + self.keep]
+        if not self.prefix:
+            return self.buffer[start:end]
+        tail = (self.tail + self.buffer[start:end])[-self.keep :]
+        return Oversize(self.prefix, tail, self.skipped + end - start)
+
+    def _drop(self, upto: int) -> None:
+        self.buffer = self.buffer[upto:]
+        self.pos -= upto
+        self.dropped += upto
 
     def search(self, pattern: re.Pattern[bytes]) -> int:
         """The next match of `pattern` from `pos`, reading on as needed; -1 at the end."""
@@ -77,6 +108,7 @@ class _Scanner:
             match = pattern.search(self.buffer, self.pos)
             if match is not None:
                 return match.start()
+            self.pos = len(self.buffer)  # nothing before the end matters to this search
             if not self.more():
                 return -1
 
@@ -86,64 +118,49 @@ def array_items(
 ) -> Iterator[dict[str, Any] | Oversize]:
     """Each object of the array under `key` in the top-level object of the stream. Raises
     StreamError when the stream is not JSON of that shape (no such array)."""
-    scanner = _Scanner(chunks)
+    scanner = _Scanner(chunks, max_item_bytes, prefix_bytes)
     depth = 0
     last_string = b""  # the last string seen at depth 1: a key, when an array follows it
     in_items = False  # inside the wanted array (at depth 2)
-    item_start = -1  # where the current element began in the buffer, or -1
-    item_dropped = 0  # bytes of an oversize element already let go
-    item_prefix = b""
-    item_tail = b""  # the last bytes let go of an oversize element
     found = False
+    wanted = key.encode()
     while True:
         at = scanner.search(_STRUCTURE)
         if at < 0:
             break
         char = scanner.buffer[at : at + 1]
         if char == b'"':
+            began = at + 1 + scanner.dropped
             end = _string_end(scanner, at + 1)
-            if depth == 1:
-                last_string = scanner.buffer[at + 1 : end]
+            if depth == 1:  # a key, if it is short and still in the window
+                start = began - scanner.dropped
+                last_string = scanner.buffer[start:end] if 0 <= start < end <= start + 64 else b""
             scanner.pos = end + 1
-        elif char in b"[{":
-            if depth == 1 and char == b"[" and last_string == key.encode():
+            continue
+        scanner.pos = at + 1
+        if char in b"[{":
+            if depth == 1 and char == b"[" and last_string == wanted:
                 in_items, found = True, True
             elif in_items and depth == 2 and char == b"{":
-                item_start, item_dropped, item_prefix = at, 0, b""
+                scanner.begin_item(at)
             depth += 1
-            scanner.pos = at + 1
-        else:
-            depth -= 1
-            scanner.pos = at + 1
-            if in_items and depth == 2 and item_start >= 0:
-                size = item_dropped + at + 1 - item_start
-                if item_dropped:
-                    tail = (item_tail + scanner.buffer[: at + 1])[-prefix_bytes:]
-                    yield Oversize(item_prefix, tail, size)
-                else:
-                    yield _parse(scanner.buffer[item_start : at + 1])
-                scanner.drop_before(at + 1)
-                item_start = -1
-            elif in_items and depth == 1:
-                in_items = False
-        if item_start >= 0 and scanner.pos - item_start > max_item_bytes:
-            # Too large to take: keep its start, let the rest go as it is read.
-            if not item_dropped:
-                item_prefix = scanner.buffer[item_start : item_start + prefix_bytes]
-            item_tail = (item_tail + scanner.buffer[item_start : scanner.pos])[-prefix_bytes:]
-            item_dropped += scanner.drop_before(scanner.pos) - item_start
-            item_start = 0
-        elif item_start < 0 and scanner.pos > prefix_bytes:
-            scanner.drop_before(scanner.pos)
+            continue
+        depth -= 1
+        if in_items and depth == 2 and scanner.item_start >= 0:
+            item = scanner.end_item(at + 1)
+            yield item if isinstance(item, Oversize) else _parse(item)
+        elif in_items and depth == 1:
+            in_items = False
     if not found:
         raise StreamError(f"no {key!r} array in the answer")
     if depth != 0:
         raise StreamError("the answer ends before its JSON does")
 
 
-def _string_end(scanner: _Scanner, pos: int) -> int:
-    """Where the string whose text begins at `pos` ends (its closing quote)."""
-    scanner.pos = pos
+def _string_end(scanner: _Scanner, start: int) -> int:
+    """Where the string whose text begins at `start` ends (its closing quote); the scanner's
+    window may move meanwhile, so the index is in its buffer as it is then."""
+    scanner.pos = start
     while True:
         at = scanner.search(_STRING_END)
         if at < 0:
@@ -151,10 +168,11 @@ def _string_end(scanner: _Scanner, pos: int) -> int:
         if scanner.buffer[at : at + 1] == b'"':
             return at
         # A backslash escapes the next byte, which may not be read yet.
-        while len(scanner.buffer) < at + 2:
+        scanner.pos = at
+        while len(scanner.buffer) < scanner.pos + 2:
             if not scanner.more():
                 raise StreamError("the answer ends inside a string")
-        scanner.pos = at + 2
+        scanner.pos += 2
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
