@@ -60,13 +60,14 @@ class State:
         key_prefix: str = DEFAULT_PREFIX,
         lost_after_s: float = 3.0,
         finished_retention_s: float = 86400.0,
+        dead_retention_s: float = 7 * 86400.0,
     ) -> State:
         client = connect_redis(redis_url)
         keys = Keys(key_prefix)
         return cls(
             redis=client,
             keys=keys,
-            ledger=Ledger(client, keys, finished_retention_s),
+            ledger=Ledger(client, keys, finished_retention_s, dead_retention_s),
             fleet=Fleet(client, keys, lost_after_s=lost_after_s),
         )
 
@@ -77,6 +78,7 @@ class State:
             settings.key_prefix,
             settings.server_lost_after_s,
             settings.finished_retention_s,
+            settings.dead_letter_retention_s,
         )
 
     def close(self) -> None:

@@ -114,7 +114,12 @@ class Settings(CelerySettings):
     finished_retention_s: float = Field(
         default=86400.0,
         gt=0,
-        description="A finished job's summary stays in the ledger this long (dead letters stay)",
+        description="A finished job's summary stays in the ledger this long",
+    )
+    dead_letter_retention_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="A dead letter (a reply given up) is kept this long for an operator",
     )
     default_tokens_per_s: float = Field(
         default=30.0, gt=0, description="Routing: a model's speed on a server until measured"

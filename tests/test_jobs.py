@@ -155,6 +155,18 @@ def claimed_on_site(queue_url: str, message_id: str) -> dict[str, Any]:
 # Listing -------------------------------------------------------------------------------------
 
 
+def test_a_dead_letter_is_kept_for_its_retention_then_forgotten(ledger: Ledger) -> None:
+    make_dead(ledger, "old")
+    keys = ledger.keys
+    week_ms = ledger.dead_retention_s * 1000
+    assert week_ms - 60_000 < ledger.redis.pttl(keys.job("old")) <= week_ms  # Redis expires it
+    assert ledger.expire_letters(time.time()) == 0
+    assert ledger.dead_job_ids() == ["old"]
+    later = time.time() + ledger.dead_retention_s + 1
+    assert ledger.expire_letters(later) == 1  # the sweep forgets it in the index too
+    assert ledger.dead_job_ids() == [] and ledger.letters().dead.count == 0
+
+
 def test_list_shows_active_jobs_and_dead_letters_with_every_attempt(
     ledger: Ledger, redis_url: str
 ) -> None:
@@ -168,7 +180,11 @@ def test_list_shows_active_jobs_and_dead_letters_with_every_attempt(
     make_dead(ledger, "gave-up")
 
     report = listed(redis_url)
-    assert set(report) == {"active", "dead"}
+    assert set(report) == {"active", "dead", "letters"}
+    letters = report["letters"]
+    assert letters["dead"]["count"] == 1
+    assert letters["dead"]["oldest_at"] == pytest.approx(time.time(), abs=30)
+    assert letters["broker"]["count"] == letters["refused"]["count"] == 0
     active = {row["id"]: row for row in report["active"]}
     assert list(active) == ["on-mac", "failed-once"]  # soonest deadline first
     on_mac = active["on-mac"]
@@ -262,7 +278,7 @@ def test_retry_places_a_dead_letter_again_for_any_bridge(ledger: Ledger, redis_u
     assert before + 600 <= job.deadline <= after + 600
     assert ledger.redis.zscore(keys.active_jobs, "again") == pytest.approx(job.deadline)
     assert ledger.redis.ttl(keys.job("again")) == -1  # active again: it does not expire
-    assert ledger.redis.lrange(keys.dead_letters, 0, -1) == []
+    assert ledger.redis.zrange(keys.dead_letters, 0, -1) == []
     retry_at = ledger.redis.zscore(keys.retry_jobs, "again")
     assert retry_at is not None and retry_at <= after
     wake_up = events.get_message(timeout=5)
@@ -295,7 +311,7 @@ def test_retry_refuses_unknown_active_and_apologised_jobs(ledger: Ledger, redis_
     assert "apology" in apologised.stderr
     job = current(ledger, "apologised")
     assert job.state is JobState.DEAD and job.attempts_from == 0
-    assert ledger.redis.lrange(keys.dead_letters, 0, -1) == ["apologised"]
+    assert ledger.redis.zrange(keys.dead_letters, 0, -1) == ["apologised"]
     assert ledger.redis.zscore(keys.active_jobs, "apologised") is None
     assert ledger.redis.zcard(keys.retry_jobs) == 0
 
@@ -370,7 +386,7 @@ def test_drop_removes_a_dead_letter(ledger: Ledger, redis_url: str, site: tuple[
     job = current(ledger, "hopeless")
     assert job.state is JobState.REJECTED and job.reason == DROP_REASON
     assert len(job.attempts) == 3
-    assert ledger.redis.lrange(ledger.keys.dead_letters, 0, -1) == ["kept"]
+    assert ledger.redis.zrange(ledger.keys.dead_letters, 0, -1) == ["kept"]
     assert [row["id"] for row in listed(redis_url)["dead"]] == ["kept"]
 
 

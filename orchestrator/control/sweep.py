@@ -64,6 +64,7 @@ def sweep(services: Services, app: Celery | None = None) -> dict[str, int]:
             log.warning("server=%s worker gone: %s", server.id, sweep_pass.gone[server.id])
     counts = sweep_pass.counts
     counts["released"] = release_leaked(services, fleet)
+    counts["expired_letters"] = services.ledger.expire_letters(now)
     counts["purged"] = purge_returned(services, sweep_pass.servers)
     rows = services.ledger.active_rows()
     bridges = sorted({row.bridge_id for _, row in rows if row is not None and row.bridge_id})

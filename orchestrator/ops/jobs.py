@@ -18,7 +18,7 @@ from orchestrator.ops.durations import ago, span
 from orchestrator.services import State, site_queue_client
 from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
-from orchestrator.state.ledger import Ledger
+from orchestrator.state.ledger import Kept, Ledger, Letters
 from workers.contract.job import JobState
 
 DROP_REASON = "dropped by the operator"
@@ -60,11 +60,13 @@ class JobsReport:
     dead: list[DeadRow]
     active_total: int
     dead_total: int
+    letters: Letters
 
     def as_json(self) -> dict[str, Any]:
         return {
             "active": [asdict(row) for row in self.active],
             "dead": [asdict(row) for row in self.dead],
+            "letters": asdict(self.letters),
         }
 
 
@@ -101,7 +103,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
         )
         for job in ledger.get_many(dead_ids)
     ]
-    return JobsReport(active, dead, active_total, dead_total)
+    return JobsReport(active, dead, active_total, dead_total, ledger.letters())
 
 
 # Acting -----------------------------------------------------------------------------------------
@@ -184,7 +186,31 @@ def jobs_tables(report: JobsReport) -> Group:
             Text("\n".join(attempt_line(item) for item in entry.attempts) or "none"),
         )
     dead.caption = f"{len(report.dead)} of {report.dead_total} dead letters"
-    return Group(active, Text(""), dead)
+    return Group(active, Text(""), dead, Text(""), letters_table(report.letters))
+
+
+LETTER_KINDS = (
+    ("dead", "dead letters", "replies given up (kept for the dead-letter retention)"),
+    ("lost_scores", "lost scores", "scores given up (kept for the finished-job retention)"),
+    ("broker", "broker dead letters", "poison items taken from a queue (the newest kept)"),
+    ("refused", "refused messages", "messages refused before any job (the newest kept)"),
+)
+
+
+def letters_table(letters: Letters) -> Table:
+    """How many of each kind of letter are kept, and how old they are."""
+    table = Table(title="kept for an operator", title_justify="left")
+    for column in ("kind", "count", "oldest", "newest", "what"):
+        table.add_column(column, no_wrap=column != "what")
+    now = time.time()
+
+    def when(stamp: float | None) -> str:
+        return ago(now - stamp) if stamp else "-"
+
+    for name, label, what in LETTER_KINDS:
+        kept: Kept = getattr(letters, name)
+        table.add_row(label, str(kept.count), when(kept.oldest_at), when(kept.newest_at), what)
+    return table
 
 
 def job_view(job: Job) -> Group:

@@ -137,17 +137,50 @@ def flatten(fields: dict[str, Any]) -> list[str]:
     return [str(item) for pair in fields.items() for item in pair]
 
 
+@dataclass(frozen=True)
+class Kept:
+    """How many of one kind of letter are kept, and when the oldest and newest came."""
+
+    count: int
+    oldest_at: float | None
+    newest_at: float | None
+
+
+@dataclass(frozen=True)
+class Letters:
+    dead: Kept  # replies given up
+    lost_scores: Kept
+    broker: Kept  # poison items taken from a queue (workers.contract.broker)
+    refused: Kept  # messages refused before they became jobs
+
+
+def _entry_at(entry: str | None) -> float | None:
+    """When a JSON entry of a bounded list was written (its `at`)."""
+    if entry is None:
+        return None
+    try:
+        at = json.loads(entry).get("at")
+    except (ValueError, AttributeError):
+        return None
+    return float(at) if isinstance(at, int | float) else None
+
+
 def attempts_json(attempts: list[Attempt]) -> str:
     return json.dumps([entry.model_dump(mode="json") for entry in attempts])
 
 
 class Ledger:
     def __init__(
-        self, client: redis.Redis, keys: Keys, finished_retention_s: float = 86400.0
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        finished_retention_s: float = 86400.0,
+        dead_retention_s: float = 7 * 86400.0,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.finished_retention_s = finished_retention_s
+        self.dead_retention_s = dead_retention_s
         self._record_claims = register(client, "record_claims")
         self._move = register(client, "move")
         self._finish = register(client, "finish")
@@ -187,16 +220,47 @@ class Ledger:
         """Dead letters, newest first, then the lost scores within the retention, newest
         first."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.lrange(self.keys.dead_letters, 0, limit - 1)
+        pipe.zrevrange(self.keys.dead_letters, 0, limit - 1)
         pipe.zrevrange(self.keys.lost_scores, 0, limit - 1)
         dead, lost = pipe.execute()
         return [*dead, *lost][:limit]
+
+    def expire_letters(self, now: float) -> int:
+        """Forget the dead letters and lost scores past their retention (their hashes have
+        expired already); how many went."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.dead_letters, "-inf", f"({now - self.dead_retention_s}")
+        pipe.zremrangebyscore(self.keys.lost_scores, "-inf", f"({now - self.finished_retention_s}")
+        return sum(int(gone) for gone in pipe.execute())
+
+    def letters(self) -> Letters:
+        """How many of each kind of letter are kept, and the oldest and newest of each."""
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for index in (keys.dead_letters, keys.lost_scores):
+            pipe.zcard(index)
+            pipe.zrange(index, 0, 0, withscores=True)
+            pipe.zrange(index, -1, -1, withscores=True)
+        for entries in (keys.broker_dead_letters, keys.refused_messages):
+            pipe.llen(entries)
+            pipe.lindex(entries, -1)
+            pipe.lindex(entries, 0)
+        answers = pipe.execute()
+        kept = []
+        for at in range(0, 6, 3):
+            count, oldest, newest = answers[at : at + 3]
+            kept.append(Kept(int(count), oldest[0][1] if oldest else None,
+                             newest[0][1] if newest else None))  # fmt: skip
+        for at in range(6, 12, 3):
+            count, oldest, newest = answers[at : at + 3]
+            kept.append(Kept(int(count), _entry_at(oldest), _entry_at(newest)))
+        return Letters(*kept)
 
     def totals(self) -> tuple[int, int]:
         """How many jobs are active, and how many are dead letters (lost scores included)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(self.keys.active_jobs)
-        pipe.llen(self.keys.dead_letters)
+        pipe.zcard(self.keys.dead_letters)
         pipe.zcard(self.keys.lost_scores)
         active, dead, lost = pipe.execute()
         return int(active), int(dead) + int(lost)
@@ -542,6 +606,7 @@ class Ledger:
                 kept,
                 int(self.finished_retention_s * 1000),
                 ONCE_GUARD_LINGER_S * 1000,
+                int(self.dead_retention_s * 1000),
                 *flatten(fields),
             ],
             client=pipe,
@@ -686,7 +751,7 @@ class Ledger:
             raise JobRefused(f"job {job_id!r} ended meanwhile: nothing to drop")
         pipe = self.redis.pipeline(transaction=True)
         self.queue_finish(pipe, job_id, JobState.REJECTED, reason=reason, outcome=outcome)
-        pipe.lrem(self.keys.dead_letters, 0, job_id)
+        pipe.zrem(self.keys.dead_letters, job_id)
         pipe.zrem(self.keys.lost_scores, job_id)
         pipe.execute()
         return job

@@ -107,8 +107,9 @@ class Keys:
 
     @property
     def dead_letters(self) -> str:
-        """List of job ids that ended without a reply for a reason an operator should see."""
-        return f"{self.prefix}:jobs:dead"
+        """Sorted set of job ids that ended without a reply for a reason an operator should
+        see, by when: kept for the dead-letter retention (a week by default)."""
+        return f"{self.prefix}:jobs:dead-letters"
 
     @property
     def lost_scores(self) -> str:

@@ -19,7 +19,7 @@ if state ~= DEAD then return -1 end
 if apology == '1' then return -2 end
 local forgiven = attempts and #cjson.decode(attempts) or 0
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('HDEL', KEYS[1], 'finished_at', 'outcome')
