@@ -185,13 +185,28 @@ def test_a_message_without_an_id_is_counted_and_skipped(bridge: Bridge) -> None:
 def test_a_message_claimed_twice_is_left_to_its_first_job(bridge: Bridge) -> None:
     raw = hostile_row("twice", {"text": "hi", "username": "ada", "timestamp": 1})
     assert (
-        bridge.services.ledger.record_claim("twice", raw, "bridge-test", 60, scored=False)
+        bridge.services.ledger.record_claim("twice", raw, "another-bridge", 60, scored=False)
         is Claim.WRITTEN
     )
     bridge.take(raw, [])
     job = bridge.services.ledger.get("twice")
     assert job is not None
-    assert job.state is JobState.CLAIMED
+    assert (job.state, job.bridge_id) == (JobState.CLAIMED, "another-bridge")
+
+
+def test_a_claim_written_before_redis_answered_is_taken_up(bridge: Bridge) -> None:
+    """Redis carried out the claim's write, then restarted before its answer came: the client
+    sent the write again and found it done. The jobs are this bridge's: it places them."""
+    services = bridge.services
+    register_server(bridge, "mac-1", "llama3.2:3b")
+    raw = hostile_row("written", {"text": "hi", "username": "ada", "timestamp": 1})
+    assert services.ledger.record_claim("written", raw, "bridge-test", 60, scored=False) is (
+        Claim.WRITTEN
+    )
+    bridge.take(raw, services.fleet.read())
+    job = services.ledger.get("written")
+    assert job is not None
+    assert (job.state, job.server_id) == (JobState.DISPATCHED, "mac-1")
 
 
 def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None:

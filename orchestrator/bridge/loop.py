@@ -31,6 +31,7 @@ from orchestrator.refusals import refuse_oversize, refuse_unkeepable
 from orchestrator.services import Services
 from orchestrator.site_queue import OversizeClaim
 from orchestrator.state.ledger import Claim, ClaimNote
+from workers.contract.job import HELD_BY_BRIDGE
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,9 @@ class Bridge:
             note=note,
         )
         if claim is Claim.KNOWN:
-            log.warning("job=%s claimed again but already in the ledger: left as it is", job_id)
+            if not self.take_back_written(job_id, fleet):
+                log.warning("job=%s claimed again but already in the ledger: left as it is",
+                            job_id)  # fmt: skip
             return
         if claim is Claim.SCORE_ID_TAKEN:
             log.error("job=%s its score's job id %r is another job's: not scored", job_id,
@@ -238,6 +241,23 @@ class Bridge:
             ready = self.intake.admit(kind_id, kind, raw)
             if ready is not None:
                 self.placement.enqueue(ready, fleet)
+
+    def take_back_written(self, job_id: str, fleet: list[ServerView]) -> bool:
+        """A claim's write that Redis carried out but whose answer was lost (a restart): the
+        client sent it again and found it written. Its jobs are this bridge's and wait nowhere:
+        take them up as written. False when the ledger's jobs are not such."""
+        here = {ready.job_id for ready in self.placement.waiting}
+        written = [
+            job
+            for job in self.services.ledger.get_many([job_id, score_job_id(job_id)])
+            if job.bridge_id == self.settings.bridge_id
+            and job.state in HELD_BY_BRIDGE
+            and job.id not in here
+        ]
+        for job in written:
+            log.warning("job=%s its claim was written before Redis answered: taken up", job.id)
+            self.resume(job, fleet)
+        return bool(written)
 
     def refuse_oversize_claim(self, oversize: OversizeClaim, note: str) -> None:
         """A claim-next answer too large to read: the message it claimed is ended by the id its
