@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -263,16 +264,31 @@ class SiteQueueClient:
                 f"{method} {path}: answer is not the expected shape: {text!r}"
             ) from exc
 
+    @contextmanager
     def _send(
         self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, int] | None
-    ) -> _Answering:
+    ) -> Iterator[httpx.Response]:
+        """One request's answer, streamed: its body is read by the caller, within a cap, and
+        the connection released when done. httpx errors become ours here."""
         # ASCII-escaped JSON: a lone surrogate the site sent us goes back as it came.
         content = None if body is None else json.dumps(body).encode()
         headers = None if body is None else {"Content-Type": "application/json"}
         request = self._http.build_request(
             method, path, content=content, headers=headers, params=params
         )
-        return _Answering(self._http, request, f"{method} {path}")
+        what = f"{method} {path}"
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.DecodingError as exc:
+            raise BadQueueAnswer(f"{what}: undecodable answer: {exc}") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise QueueNotReached(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except httpx.RequestError as exc:
+            raise QueueUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield response
+        finally:
+            response.close()
 
     def _answer(self, response: httpx.Response, path: str, method: str, *, gone: str | None) -> Any:
         """The answer's JSON, read up to the cap; HTTP statuses become our errors."""
@@ -292,37 +308,6 @@ class SiteQueueClient:
         except ValueError as exc:
             text = content[:DETAIL_CHARS].decode("utf-8", "replace")
             raise BadQueueAnswer(f"{method} {path}: answer is not JSON: {text!r}") from exc
-
-
-class _Answering:
-    """One request's answer, streamed: its body is read by the caller, within a cap, and the
-    connection released when done. httpx errors become ours here."""
-
-    def __init__(self, http: httpx.Client, request: httpx.Request, what: str) -> None:
-        self._http = http
-        self._request = request
-        self._what = what
-        self._response: httpx.Response | None = None
-
-    def __enter__(self) -> httpx.Response:
-        try:
-            self._response = self._http.send(self._request, stream=True)
-        except httpx.DecodingError as exc:
-            raise BadQueueAnswer(f"{self._what}: undecodable answer: {exc}") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise QueueNotReached(f"{self._what}: {type(exc).__name__}: {exc}") from exc
-        except httpx.RequestError as exc:
-            raise QueueUnreachable(f"{self._what}: {type(exc).__name__}: {exc}") from exc
-        return self._response
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._response is not None:
-            self._response.close()
 
 
 def _read_capped(response: httpx.Response, cap: int, what: str) -> bytes:

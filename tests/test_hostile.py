@@ -29,8 +29,8 @@ from orchestrator.bridge import Bridge
 from orchestrator.celery import make_app
 from orchestrator.control.sweep import queued_attempt
 from orchestrator.domain.entities import EntityCatalog
-from orchestrator.domain.job import Job
-from orchestrator.domain.messages import BotParams, Message, NewMessage, id_problem, size_problem
+from orchestrator.domain.job import Job, job_id_problem
+from orchestrator.domain.messages import BotParams, Message, NewMessage, size_problem
 from orchestrator.domain.replies import build_reply
 from orchestrator.entity_folder import load_entities
 from orchestrator.services import Services
@@ -457,7 +457,7 @@ def test_every_hostile_message_is_placed_or_completed_with_a_reason(
     services = rig.bridge.services
     assert rig.bridge.claim_one(services.fleet.read()), "the bridge did not claim the row"
 
-    problem = id_problem(message_id)
+    problem = job_id_problem(message_id)
     if problem is not None:  # an id no job can have: refused, never written, completed
         event("refused: its id")
         assert services.ledger.refused(1)[1][0]["reason"] == problem
@@ -645,7 +645,7 @@ def test_hostile_rows_through_the_real_processes(tmp_path: Path) -> None:
     assert len(by_id) == len(hostile), "ids must be unique"
     valid = valid_messages()
     valid_ids = [str(message.id) for message in valid]
-    refused = {message_id for message_id in by_id if id_problem(message_id)}
+    refused = {message_id for message_id in by_id if job_id_problem(message_id)}
     kept_ids = [*(m for m in by_id if m not in refused), *valid_ids]
     all_ids = [*by_id, *valid_ids]
     limits = Settings().message_limits()

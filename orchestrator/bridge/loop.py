@@ -22,8 +22,8 @@ from celery import Celery
 
 from orchestrator.bridge.intake import Intake, ReadyJob
 from orchestrator.bridge.placement import FleetCache, Placement
-from orchestrator.domain.job import SCORE_SUFFIX, Job, JobKind, score_job_id
-from orchestrator.domain.messages import id_problem, size_problem
+from orchestrator.domain.job import Job, JobKind, job_id_problem, score_job_id
+from orchestrator.domain.messages import size_problem
 from orchestrator.domain.routing import SpeedDefaults, policy_named
 from orchestrator.domain.servers import ServerView
 from orchestrator.errors import QueueError, QueueNotReached
@@ -201,9 +201,7 @@ class Bridge:
         """Handle one claimed message; never raises for anything the message carries. Its
         claim's `note` goes when its jobs are written."""
         job_id = raw.get("id")
-        problem = id_problem(job_id)
-        if problem is None and str(job_id).endswith(SCORE_SUFFIX):
-            problem = f"its id ends with {SCORE_SUFFIX!r}, which names a score's job"
+        problem = job_id_problem(job_id)
         if problem is not None or not isinstance(job_id, str):
             refuse_unkeepable(self.services, job_id, problem or "no id", note=note)
             return
@@ -274,9 +272,9 @@ class Bridge:
                       oversize.prefix[:200])  # fmt: skip
             self.services.ledger.count("oversize_without_id")
             return
-        problem = id_problem(job_id)
-        if problem is not None or job_id.endswith(SCORE_SUFFIX):
-            refuse_unkeepable(self.services, job_id, problem or "a score's id", note=note)
+        problem = job_id_problem(job_id)
+        if problem is not None:
+            refuse_unkeepable(self.services, job_id, problem, note=note)
             return
         kept = {**fields, "id": job_id, "text": str(fields.get("text", ""))}
         refuse_oversize(

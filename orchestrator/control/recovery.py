@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from orchestrator.domain.job import SCORE_SUFFIX
-from orchestrator.domain.messages import id_problem, size_problem
+from orchestrator.domain.job import job_id_problem
+from orchestrator.domain.messages import size_problem
 from orchestrator.errors import AnswerTooLarge, QueueError
 from orchestrator.refusals import refuse_oversize, refuse_unkeepable
 from orchestrator.services import Services
@@ -97,9 +97,7 @@ def recover_one(services: Services, message: dict[str, Any], began: dict[str, in
     if isinstance(claimed_at, int | float) and claimed_at < began[str(bridge_id)]:
         return 0  # claimed before any claim in doubt: written, or recovered already
     job_id = message.get("id")
-    problem = id_problem(job_id)
-    if problem is None and str(job_id).endswith(SCORE_SUFFIX):
-        problem = f"its id ends with {SCORE_SUFFIX!r}, which names a score's job"
+    problem = job_id_problem(job_id)
     if problem is not None or not isinstance(job_id, str):
         refuse_unkeepable(services, job_id, problem or "no id")
         return 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from orchestrator.domain.messages import id_problem
 from workers.contract.job import JobState
 from workers.contract.protocol import ErrorKind
 
@@ -123,3 +124,12 @@ class Job(BaseModel):
         return "; ".join(
             f"#{entry.attempt} {entry.server_id}: {entry.describe()}" for entry in self.attempts
         )
+
+
+def job_id_problem(message_id: object) -> str | None:
+    """Why a message's id cannot be its reply's job id (nor give its score's one); None when
+    it can. An id ending as a score's does (`abc#eq`) would name another message's score."""
+    problem = id_problem(message_id)
+    if problem is None and str(message_id).endswith(SCORE_SUFFIX):
+        return f"its id ends with {SCORE_SUFFIX!r}, which names a score's job"
+    return problem

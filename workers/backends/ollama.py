@@ -99,12 +99,8 @@ class OllamaClient:
                     f"{self.base_url}: no first token in {first_token_s:.1f}s"
                 ) from exc
             raise GenerationTimeout(f"{self.base_url}: no answer in {first_token_s:g}s") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            raise GenerationTimeout(f"{self.base_url}: no answer in time") from exc
         except httpx.HTTPError as exc:
-            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+            raise _transport_error(self.base_url, exc) from exc
         return ChatOutcome(
             ok=True,
             text=text,
@@ -133,12 +129,8 @@ class OllamaClient:
             kwargs["timeout"] = timeout
         try:
             response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            raise GenerationTimeout(f"{self.base_url}: no answer in time") from exc
         except httpx.HTTPError as exc:
-            raise ServerUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+            raise _transport_error(self.base_url, exc) from exc
         if response.status_code >= 400:
             raise _http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
         try:
@@ -148,6 +140,15 @@ class OllamaClient:
         if not isinstance(body, dict):
             raise ServerError(f"{self.base_url}: answer is not a JSON object")
         return body
+
+
+def _transport_error(base_url: str, exc: httpx.HTTPError) -> OllamaError:
+    """What an httpx error says of the server: never reached, or no answer in time."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        return GenerationTimeout(f"{base_url}: no answer in time")
+    return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
 
 
 def _read_capped(response: httpx.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
