@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: lint types pytest
 
-# The edit loop: lint, types and the tests that start no process of their own (under 30 s).
+# The edit loop: lint, types and the tests that start no process of their own (about 30 s).
 quick: lint types
 	HYPOTHESIS_PROFILE=quick $(BIN)/python -m pytest -q -m "not e2e"
 

@@ -491,6 +491,7 @@ def test_a_claim_that_cannot_be_answered_is_not_made(queues: LocalQueues) -> Non
 FIFTY_MB = 50 * 1024 * 1024
 
 
+@pytest.mark.e2e  # no process of its own, but seconds of work and hundreds of MB: not the edit loop
 def test_a_50_mb_message_is_posted_claimed_and_listed(queue_url: str) -> None:
     """The deployed queue takes bodies up to 100 MB: a 50 MB text, or context, is kept and
     answered whole."""
