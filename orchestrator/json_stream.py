@@ -35,7 +35,7 @@ class Oversize:
     def fields(self) -> dict[str, Any]:
         """What its ends tell of it: the complete fields at its start, and the object-valued
         fields whose key is among its last bytes (the site writes `botParams` last)."""
-        found = dict(leading_fields(self.prefix.decode("utf-8", "replace")))
+        found = leading_fields(self.prefix.decode("utf-8", "replace"))
         tail = self.suffix.decode("utf-8", "replace")
         for match in _KEY_OF_OBJECT.finditer(tail):
             if match.start() > 0 and tail[match.start() - 1] == "\\":

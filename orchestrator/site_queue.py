@@ -292,8 +292,7 @@ class SiteQueueClient:
 
     def _answer(self, response: httpx.Response, path: str, method: str, *, gone: str | None) -> Any:
         """The answer's JSON, read up to the cap; HTTP statuses become our errors."""
-        content = _read_capped(response, self.max_answer_bytes, f"{method} {path}")
-        self.bytes_received += len(content)
+        content = _read_capped(response, self.max_answer_bytes, f"{method} {path}", self)
         status = response.status_code
         if status == 404 and gone is not None:
             raise MessageGone(gone)
@@ -310,21 +309,15 @@ class SiteQueueClient:
             raise BadQueueAnswer(f"{method} {path}: answer is not JSON: {text!r}") from exc
 
 
-def _read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
-    """The body, never more of it than `cap`: past it, AnswerTooLarge with what was read."""
+def _read_capped(response: httpx.Response, cap: int, what: str, client: SiteQueueClient) -> bytes:
+    """The body, never more of it than `cap`: past it, AnswerTooLarge with its first bytes."""
     chunks: list[bytes] = []
-    size = 0
     try:
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > cap:
-                kept = b"".join(chunks)[:PREFIX_BYTES]
-                raise AnswerTooLarge(f"{what}: answer over the {cap}-byte cap", kept, size)
+        for chunk in _capped_chunks(response, cap, what, client):
             chunks.append(chunk)
-    except httpx.DecodingError as exc:
-        raise BadQueueAnswer(f"{what}: undecodable answer: {exc}") from exc
-    except httpx.RequestError as exc:
-        raise QueueUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except AnswerTooLarge as exc:
+        kept = b"".join(chunks)[:PREFIX_BYTES]
+        raise AnswerTooLarge(str(exc), kept, exc.bytes_read) from None
     return b"".join(chunks)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.domain.model_names import model_key
 from orchestrator.domain.routing import able_servers
 from orchestrator.domain.servers import ServerView
+from workers.contract.model_names import model_key
 from workers.contract.server_record import ServerRecord
 
 

@@ -11,17 +11,13 @@ import redis
 from workers.backends.ollama import OllamaClient
 from workers.contract.attempts import AttemptLedger
 from workers.contract.keys import Keys
+from workers.contract.model_names import model_key
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.settings import WorkerSettings
 
 CHARS_PER_TOKEN = 4  # a prompt's tokens, guessed from its length before the server counts them
 UNMEASURED_PROMPT_TOKENS_PER_S = 100.0  # a slow Mac's prompt speed, until this one is measured
 PROMPT_ALLOWANCE_FACTOR = 2.0  # the prompt may take twice as long as it was measured to
-
-
-def model_tag(name: str) -> str:
-    """Ollama's full name for a model: `llama3.2` is `llama3.2:latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 @dataclass
@@ -66,13 +62,13 @@ class WorkerRuntime:
         self.redis.close()
 
     def note_loaded(self, models: list[str]) -> None:
-        self.loaded = frozenset(model_tag(name) for name in models)
+        self.loaded = frozenset(model_key(name) for name in models)
 
     def first_token_allowance(self, request: ChatRequest) -> float:
         """How long the first token may take. A model that must be loaded first may take the
         whole read allowance (a cold load of minutes is not a hang); a loaded one, a little
         more than its prompt takes here."""
-        model = model_tag(request.model)
+        model = model_key(request.model)
         if model not in self.loaded:
             return self.settings.read_timeout_s
         prompt_tokens = sum(len(turn.content) for turn in request.messages) / CHARS_PER_TOKEN
@@ -92,7 +88,7 @@ class WorkerRuntime:
         timings = outcome.timings
         if timings.prompt_eval_count >= 32 and timings.prompt_eval_ms > 0:
             measured = timings.prompt_eval_count / (timings.prompt_eval_ms / 1000)
-            model = model_tag(request.model)
+            model = model_key(request.model)
             # The slowest seen lately counts most: a busy server evaluates prompts slower.
             known = self.prompt_tokens_per_s.get(model, measured)
             self.prompt_tokens_per_s[model] = min(measured, 0.8 * known + 0.2 * measured)

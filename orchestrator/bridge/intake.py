@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from orchestrator.domain.job import JobKind
 from orchestrator.domain.messages import Message
-from orchestrator.domain.model_names import model_key
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
 from orchestrator.refusals import end_unanswered
 from orchestrator.services import Services
+from workers.contract.model_names import model_key
 from workers.contract.protocol import ChatRequest
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ import time
 from celery import Celery
 
 from orchestrator.bridge.intake import ReadyJob
-from orchestrator.domain.model_names import model_key
 from orchestrator.domain.routing import Decision, RoutingPolicy, able_servers, hosting_servers
 from orchestrator.domain.servers import ServerView
 from orchestrator.refusals import end_unanswered
 from orchestrator.services import Services
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Reservation
+from workers.contract.model_names import model_key
 from workers.contract.protocol import GENERATE_TASK, GenerateJob
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from orchestrator.domain.model_names import model_key
+from workers.contract.model_names import model_key
 from workers.contract.server_record import ServerRecord
 
 

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kombu.exceptions import ContentDisallowed
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
@@ -63,15 +62,15 @@ def inspect_item(
         envelope = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise Poison(f"not JSON: {exc}") from exc
-    check_envelope(envelope)
+    body = check_envelope(envelope)
     if queue.endswith(PIDBOX):
         return dict(envelope)  # Celery's remote control checks its own messages
-    check_task(envelope, accepted_tasks)
+    check_task(envelope, body, accepted_tasks)
     return dict(envelope)
 
 
-def check_envelope(envelope: Any) -> None:
-    """What kombu reads of every message before it hands it on."""
+def check_envelope(envelope: Any) -> str | bytes:
+    """What kombu reads of every message before it hands it on; its body, decoded."""
     if not isinstance(envelope, dict):
         raise Poison(f"not a message envelope: a JSON {type(envelope).__name__}")
     properties = envelope.get("properties")
@@ -81,9 +80,10 @@ def check_envelope(envelope: Any) -> None:
     if not isinstance(body, str):
         raise Poison("envelope without a text body")
     encoding = properties.get("body_encoding")
+    decoded: str | bytes = body
     if encoding == "base64":
         try:
-            base64.b64decode(body, validate=True)
+            decoded = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise Poison(f"body is not valid base64: {exc}") from exc
     elif encoding is not None:
@@ -96,19 +96,20 @@ def check_envelope(envelope: Any) -> None:
     headers = envelope.get("headers")
     if headers is not None and not isinstance(headers, dict):
         raise Poison("headers are not an object")
+    return decoded
 
 
-def check_task(envelope: dict[str, Any], accepted_tasks: frozenset[str] | None) -> None:
-    """A Celery task message (protocol 2) of a task this app takes, with its argument."""
+def check_task(
+    envelope: dict[str, Any], body: str | bytes, accepted_tasks: frozenset[str] | None
+) -> None:
+    """A Celery task message (protocol 2) of a task this app takes, with its argument; `body`
+    is its body as `check_envelope` decoded it."""
     headers = envelope.get("headers") or {}
     task, task_id = headers.get("task"), headers.get("id")
     if not isinstance(task, str) or not isinstance(task_id, str):
         raise Poison("not a task message: headers without task and id")
     if accepted_tasks is not None and task not in accepted_tasks:
         raise Poison(f"unknown task {excerpt(task, 80)!r}")
-    body: str | bytes = envelope["body"]
-    if envelope["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
     try:
         decoded = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -229,7 +230,7 @@ class Channel(kombu_redis.Channel):
         raw = item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
         try:
             return inspect_item(raw, queue, self.accepted_tasks, self.max_item_bytes)
-        except (Poison, ContentDisallowed) as exc:
+        except Poison as exc:
             self._dead_letter(queue, raw, str(exc))
             return None
 

@@ -16,8 +16,6 @@ from typing import Any
 # Line breaks and every other control character, C1 included, the Unicode line and paragraph
 # separators, and lone surrogates (which cannot be written as UTF-8). A tab stays.
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 
 

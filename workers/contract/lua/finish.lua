@@ -4,9 +4,9 @@
 -- written anew, so that Redis keeps the compact summary left in its compact encoding, and it
 -- expires after the retention. A dead letter is kept whole for an operator (a retry) for the
 -- dead-letter retention, a lost score (a dead score job) for the finished jobs' one; both are
--- indexed by when they ended and expire, so a fleet without a model does not fill Redis. A done job's EQ
--- once-guard lingers a while, for a delivery of the same result still on its way; a dead
--- one's keeps its time, for a retry.
+-- indexed by when they ended and expire, so a fleet without a model does not fill Redis. A
+-- done job's EQ once-guard lingers a while, for a delivery of the same result still on its
+-- way; a dead one's keeps its time, for a retry.
 -- KEYS[1] the job's hash
 -- KEYS[2] active jobs: sorted set by deadline
 -- KEYS[3] retry set

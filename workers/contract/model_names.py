@@ -1,6 +1,7 @@
 """Model names as Ollama matches them: `name` is `name:latest`, the default registry and
 namespace may be left out, and case does not matter. An entity's model and a server's list
-are compared by these keys; each is still sent to a server as it was written."""
+are compared by these keys (the bridge), and so are a request's model and what a server has
+loaded (its worker); each is still sent to a server as it was written."""
 
 from __future__ import annotations
 
