@@ -49,6 +49,7 @@ def build_chat_request(
     return ChatRequest(
         model=entity.model,
         messages=[system, *warm_up, *history, current, completion],
+        history=(1 + len(warm_up), 1 + len(warm_up) + len(history)),
         temperature=entity.temperature,
         max_tokens=entity.max_tokens,
         top_p=entity.top_p,

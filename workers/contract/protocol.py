@@ -84,6 +84,19 @@ class ChatRequest(BaseModel):
     min_p: float | None = None
     stop: list[str] | None = None
     num_ctx: int | None = None  # Ollama's context size: only when the entity sets one
+    # The turns [start, end) that are history, oldest first: a server whose context is too
+    # small for the whole may go without the oldest of them (never the others). None: no
+    # turn may be left out.
+    history: tuple[int, int] | None = None
+
+    def without_oldest(self, count: int) -> ChatRequest:
+        """The request with its `count` oldest history turns left out."""
+        if self.history is None or count <= 0:
+            return self
+        start, end = self.history
+        count = min(count, end - start)
+        messages = [*self.messages[:start], *self.messages[start + count :]]
+        return self.model_copy(update={"messages": messages, "history": (start, end - count)})
 
     def sampling(self) -> dict[str, Any]:
         """The sampling fields that are set, under the OpenAI-compatible names."""

@@ -24,6 +24,16 @@ class ServerRecord(BaseModel):
     booted_at: float = 0.0  # the worker's start, on its own clock (as its jobs' starts are)
     client_name: str = ""  # the name of the worker's Redis connections
     beat_interval_s: float = 0.0  # how often the worker beats (0: unknown)
+    # What the backend tells of itself (workers.backends): its kind, and per model what it
+    # knows. A model in `model_slots` has slots of its own (one llama-server per model): a job
+    # for it needs one of them free as well as one of the server's `capacity`.
+    backend: str = "ollama"
+    model_slots: dict[str, int] = Field(default_factory=dict)
+    max_loaded: int = 0  # most models in memory (or model servers running) at once; 0: unknown
+    loading: list[str] = Field(default_factory=list)  # being loaded or started now
+    tokens_per_s: dict[str, float] = Field(default_factory=dict)  # its own measure, per model
+    load_s: dict[str, float] = Field(default_factory=dict)  # a cold load or start, per model
+    context: dict[str, int] = Field(default_factory=dict)  # tokens of context per slot
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -41,6 +51,13 @@ class ServerRecord(BaseModel):
             "booted_at": f"{self.booted_at:.3f}",
             "client_name": self.client_name,
             "beat_interval_s": f"{self.beat_interval_s:g}",
+            "backend": self.backend,
+            "model_slots": json.dumps(self.model_slots),
+            "max_loaded": str(self.max_loaded),
+            "loading": json.dumps(self.loading),
+            "tokens_per_s": json.dumps(self.tokens_per_s),
+            "load_s": json.dumps(self.load_s),
+            "context": json.dumps(self.context),
         }
 
     @classmethod
@@ -57,6 +74,13 @@ class ServerRecord(BaseModel):
         values["models"] = _names(fields.get("models"))
         values["loaded"] = _names(fields.get("loaded"))
         values["ollama_healthy"] = fields.get("ollama_healthy") == "1"
+        values["backend"] = fields.get("backend") or "ollama"
+        values["max_loaded"] = _number(fields.get("max_loaded"), int, 0)
+        values["loading"] = _names(fields.get("loading"))
+        values["model_slots"] = _per_model(fields.get("model_slots"), int)
+        values["tokens_per_s"] = _per_model(fields.get("tokens_per_s"), float)
+        values["load_s"] = _per_model(fields.get("load_s"), float)
+        values["context"] = _per_model(fields.get("context"), int)
         return cls.model_validate(values)
 
 
@@ -73,3 +97,18 @@ def _names(raw: str | None) -> list[str]:
     except ValueError:
         return []
     return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def _per_model(raw: str | None, kind: type[int] | type[float]) -> dict[str, Any]:
+    """A JSON object of model → positive number; anything else in it is left out."""
+    try:
+        entries = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name, value in entries.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            kept[str(name)] = kind(value)
+    return kept
