@@ -1,17 +1,21 @@
 """Routing over a heterogeneous fleet: our router beside the old bot's ways, same burst, one run.
 
-    python bench/fleet.py [--messages 500]
+    python bench/fleet.py [--messages 500]    # --messages 30: a short burst
     python bench/fleet.py --servers 200     # the router and the bridge with 200 servers known
 
-Runs one burst of messages through the whole system (real processes, simulated servers) three
-times, with the same messages: with our router (`soonest`), with `random` choice among online
-servers that have the model (a full server queues the request, as Ollama does), and with
-`least_inflight`, blind to capacity and speed. Prints one JSON object as its last line:
+Runs one burst of messages through the whole system (real processes, simulated servers) once
+per policy, with the same messages: our router (`soonest`, which learns the fleet as it goes);
+the `yardstick`, a planner told every server's true speeds and load times that places each job
+where it finishes soonest, never over a server's slots; `random` choice among online servers
+that have the model (a full server queues the request, as Ollama does); and `least_inflight`,
+blind to capacity and speed. Prints one JSON object as its last line:
   lower_bound_s   the largest, over every set of models, of that set's total work divided by
                   the total throughput of the servers that can run any model in it
-  policies        per policy: makespan_s, utilization (busy slot-seconds over capacity x time
-                  while a backlog existed), wait_ms_p50 / wait_ms_p95 (claim to generation
-                  start), cold_loads, refused_full (requests a full server turned away)
+  policies        per policy (ours, yardstick, random, least_inflight): makespan_s,
+                  over_lower_bound, utilization (busy slot-seconds over capacity x time while
+                  a backlog existed), wait_ms_p50 / wait_ms_p95 (claim to generation start),
+                  cold_loads, refused_full (requests a full server turned away)
+  ours_over_yardstick, cold_loads_over_yardstick, speedup_vs_random
 With --servers N, also: route_ms_p99 (reading the fleet and deciding, with N servers) and
 bridge_rss_mb (the bridge's resident memory while it routes over N known servers).
 """
@@ -28,6 +32,7 @@ import itertools
 import json
 import random
 import statistics
+import tempfile
 import time
 from collections import Counter
 from typing import Any
@@ -56,7 +61,7 @@ from workers.contract.keys import Keys
 from workers.contract.server_record import ServerRecord
 from workers.heartbeat import write_record
 
-POLICIES = ("soonest", "random", "least_inflight")
+POLICIES = ("soonest", "yardstick", "random", "least_inflight")
 PHANTOM_TTL_S = 3600  # servers registered by hand live through the run
 
 
@@ -127,10 +132,29 @@ def utilization(jobs: list[Job], capacity: int) -> float:
     return busy / (capacity * (window_end - window_start))
 
 
+def true_facts(specs: list[SimServerSpec]) -> dict[str, Any]:
+    """What the yardstick is told: every server's true speed and load time for each model."""
+    return {
+        spec.name: {
+            "max_loaded": spec.max_loaded_models,
+            "models": {
+                model: {"tokens_per_s": spec.tokens_per_second, "load_s": spec.load_seconds}
+                for model in spec.models
+            },
+        }
+        for spec in specs
+    }
+
+
 def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[str, Any]:
     specs = heterogeneous_fleet()
     env = {"OLLAMA_CLOUD_ROUTING_POLICY": policy, "OLLAMA_CLOUD_EQ_ENABLED": "false"}
-    if policy != "soonest":
+    facts_dir = tempfile.TemporaryDirectory(prefix="fleet-facts-")
+    if policy == "yardstick":
+        facts_file = Path(facts_dir.name) / "facts.json"
+        facts_file.write_text(json.dumps(true_facts(specs)))
+        env["OLLAMA_CLOUD_ROUTING_FACTS_FILE"] = str(facts_file)
+    if policy not in ("soonest", "yardstick"):
         # These overfill servers on purpose, so tasks wait in a server's queue for minutes:
         # not a lost task to be sent again, as it would be under our router.
         env["OLLAMA_CLOUD_START_LOST_AFTER_S"] = "3600"
@@ -144,6 +168,7 @@ def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[s
         jobs = stack.ledger.get_many([str(m.id) for m in messages])
         stats = [sim_stats(stack.sim_url(spec.name)) for spec in stack.specs]
         rss_mb = bridge_rss_mb(stack)
+    facts_dir.cleanup()
     if None in stats:
         raise RuntimeError(f"{policy}: a simulated server did not give its stats")
     answered = [job for job in jobs if job.outcome == "answered"]
@@ -250,14 +275,30 @@ def main() -> None:
     if args.servers:
         report.update(route_ms_p99(args.servers))
         report["bridge_rss_mb"] = report["policies"].get("ours", {}).get("bridge_rss_mb")
-    ours = report["policies"].get("ours")
-    if ours and "random" in report["policies"]:
-        report["speedup_vs_random"] = round(
-            report["policies"]["random"]["makespan_s"] / ours["makespan_s"], 2
-        )
-    if ours:
-        report["makespan_over_lower_bound"] = round(ours["makespan_s"] / report["lower_bound_s"], 3)
+    add_ratios(report)
     print(json.dumps(report))
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    """Each policy's makespan over the lower bound, and ours over the yardstick's and over
+    random's."""
+    policies = report["policies"]
+    for result in policies.values():
+        result["over_lower_bound"] = round(result["makespan_s"] / report["lower_bound_s"], 3)
+    ours = policies.get("ours")
+    if not ours:
+        return
+    report["makespan_over_lower_bound"] = ours["over_lower_bound"]
+    if "yardstick" in policies:
+        report["ours_over_yardstick"] = round(
+            ours["makespan_s"] / policies["yardstick"]["makespan_s"], 3
+        )
+        report["cold_loads_over_yardstick"] = (
+            ours["cold_loads"] - policies["yardstick"]["cold_loads"]
+        )
+    if "random" in policies:
+        random_s = policies["random"]["makespan_s"]
+        report["speedup_vs_random"] = round(random_s / ours["makespan_s"], 2)
 
 
 if __name__ == "__main__":

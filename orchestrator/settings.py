@@ -130,7 +130,12 @@ class Settings(CelerySettings):
     routing_policy: str = Field(
         default="soonest",
         description="soonest finish (the router); random and least_inflight, which ignore "
-        "capacity and speed, exist to compare against (bench/fleet.py)",
+        "capacity and speed, and yardstick, told the fleet's true speeds, exist to compare "
+        "against (bench/fleet.py)",
+    )
+    routing_facts_file: Path | None = Field(
+        default=None,
+        description="The yardstick policy's true speeds and load times of every server (JSON)",
     )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
 

@@ -77,7 +77,7 @@ def dispatched_on_a(stack: LocalStack, job_id: str) -> Job:
 
 def no_slot_held(stack: LocalStack) -> None:
     def empty() -> bool:
-        return all(stack.redis.scard(stack.keys.inflight(spec.name)) == 0 for spec in stack.specs)
+        return all(stack.redis.hlen(stack.keys.inflight(spec.name)) == 0 for spec in stack.specs)
 
     wait_for(empty, 15, what="every slot free")
 

@@ -408,7 +408,8 @@ class Rig:
             services.keys.inflight(FAKE_SERVER), services.keys.broker_queue(FAKE_SERVER)
         )
         if full:
-            services.redis.sadd(services.keys.inflight(FAKE_SERVER), "another-job")
+            busy = services.keys.inflight(FAKE_SERVER)
+            services.redis.hset(busy, "another-job", "llama3.2:latest")
 
     def queued_generate_tasks(self) -> list[tuple[str | None, int]]:
         """(job id, attempt) of each generate task on the fake server's Celery queue."""

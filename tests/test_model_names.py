@@ -42,12 +42,12 @@ def test_a_server_listing_the_model_in_its_own_spelling_can_answer(
     entity_model: str, listed: str
 ) -> None:
     record = ServerRecord(id="mac-1", capacity=1, models=[listed], loaded=[listed])
-    server = ServerView.from_record(record, inflight=0)
+    server = ServerView.from_record(record)
     assert able_servers([server], model_key(entity_model)) == [server]
     assert model_key(entity_model) in server.loaded
 
 
 def test_a_different_tag_is_a_different_model() -> None:
     record = ServerRecord(id="mac-1", capacity=1, models=["llama3.2:3b"])
-    server = ServerView.from_record(record, inflight=0)
+    server = ServerView.from_record(record)
     assert able_servers([server], model_key("llama3.2")) == []

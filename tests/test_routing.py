@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.domain.routing import Planner, SpeedDefaults, choose_server, estimate
+from orchestrator.domain.routing import (
+    Informed,
+    Planner,
+    SpeedDefaults,
+    choose_server,
+    estimate,
+    facts_from_json,
+)
 from orchestrator.domain.servers import ModelSpeed, ServerView
 
 M = "llama3.2:3b"
@@ -124,10 +131,11 @@ def test_excluded_servers_are_not_chosen() -> None:
 
 def test_estimate_parts() -> None:
     parts = estimate(server("s", tps=50, loaded=False, load_s=3.0), M, 100, DEFAULTS)
+    assert parts is not None
     assert (parts.wait_s, parts.load_s, parts.generate_s) == (0.0, 3.0, 2.0)
     assert parts.finish_s == 5.0
     full = estimate(server("s", tps=50, capacity=2, inflight=2), M, 100, DEFAULTS)
-    assert full.wait_s == 1.0
+    assert full is not None and full.wait_s == 1.0
 
 
 def test_an_unmeasured_server_is_assumed_typical_of_the_fleet() -> None:
@@ -172,8 +180,143 @@ def test_a_cold_load_on_a_full_server_evicts_in_the_plan() -> None:
         speeds={M: speed, q: speed},
     )  # fmt: skip
     planner = Planner([mini], DEFAULTS)
-    first = planner.estimate(mini, q, 100, DEFAULTS)
-    assert first.load_s == 0.0
+    first = planner.estimate(mini, q, 100)
+    assert first is not None and first.load_s == 0.0
     planner.place(M, tokens=100)
-    after = planner.estimate(mini, q, 100, DEFAULTS)
-    assert after.load_s == 1.0
+    after = planner.estimate(mini, q, 100)
+    assert after is not None and after.load_s == 1.0
+
+
+# Per-model slots, loads and what the router learns -------------------------------------------
+
+A, B, C = "alpha-f16:latest", "beta-f16:latest", "gamma-f16:latest"
+
+
+def pool(
+    server_id: str,
+    *,
+    loaded: tuple[str, ...] = (),
+    busy: tuple[str, ...] = (),
+    max_loaded: int = 2,
+    tps: float = 50.0,
+    load_s: float = 3.0,
+) -> ServerView:
+    """A pool manager's server: one llama-server per model, one slot each."""
+    models = (A, B, C)
+    view = ServerView(
+        id=server_id,
+        capacity=8,
+        inflight=0,
+        models=frozenset(models),
+        loaded=frozenset(loaded),
+        lru=loaded,
+        backend="pool",
+        model_slots=dict.fromkeys(models, 1),
+        max_loaded=max_loaded,
+        speeds={model: ModelSpeed(tokens_per_s=tps, load_s=load_s) for model in models},
+    )
+    return view.with_inflight(busy)
+
+
+def test_a_model_with_slots_of_its_own_is_placed_only_where_one_is_free() -> None:
+    server_a = pool("p", loaded=(A, B), busy=(A,))
+    assert server_a.free_slots == 7 and server_a.free_for(A) == 0 and server_a.free_for(B) == 1
+    planner = Planner([server_a], DEFAULTS)
+    assert planner.place(A, tokens=100).wait  # A's one slot is taken: it waits
+    decision = planner.place(B, tokens=100)
+    assert decision.server is not None and decision.server.id == "p"
+    assert planner.place(B, tokens=100).wait  # B's slot is now planned full
+
+
+def test_a_pool_never_evicts_a_model_with_a_job_running() -> None:
+    # Full pool (two of two), A least recently used and busy: a cold start of C would make
+    # the pool evict A in the middle of its reply, so C waits.
+    full = pool("p", loaded=(A, B), busy=(A,))
+    assert Planner([full], DEFAULTS).place(C, tokens=100).wait
+    # With A idle, C may start: A goes, as the pool would choose.
+    idle = pool("p", loaded=(A, B))
+    planner = Planner([idle], DEFAULTS)
+    decision = planner.place(C, tokens=100)
+    assert decision.server is not None
+    assert "evicts alpha" in decision.reason
+
+
+def test_a_pool_keeps_the_model_with_the_most_work_waiting() -> None:
+    planner = Planner([pool("p", loaded=(A, B))], DEFAULTS)
+    planner.backlog_by_model = {A: 5, B: 1, C: 1}
+    assert planner.place(C, tokens=100).wait
+
+
+def test_a_cold_load_is_weighed_against_a_warm_server_for_the_same_models_backlog() -> None:
+    # The fleet's backlog is all for another model: for this one, waiting a second for the
+    # warm fast server beats a 20 s cold load on a free one.
+    warm = server("warm", tps=100, capacity=1, inflight=1)
+    cold = server("cold", tps=100, capacity=4, loaded=False, load_s=20.0)
+    planner = Planner([warm, cold], DEFAULTS)
+    planner.backlog = 300
+    planner.backlog_by_model = {M: 1, "other:latest": 299}
+    assert planner.place(M, tokens=100).wait
+    # With 300 of its own jobs waiting, the cold server is worth loading.
+    planner = Planner([warm, cold], DEFAULTS)
+    planner.backlog_by_model = {M: 300}
+    decision = planner.place(M, tokens=100)
+    assert decision.server is not None and decision.server.id == "cold"
+
+
+def test_an_eviction_is_charged_the_evicted_models_next_load() -> None:
+    q = "qwen2.5:7b"
+    speed = ModelSpeed(tokens_per_s=50, load_s=4.0)
+    one_model = ServerView(
+        id="one", capacity=2, inflight=0, models=frozenset({M, q}), loaded=frozenset({q}),
+        lru=(q,), max_loaded=1, speeds={M: speed, q: speed},
+    )  # fmt: skip
+    roomy = ServerView(
+        id="roomy", capacity=2, inflight=0, models=frozenset({M}),
+        speeds={M: ModelSpeed(tokens_per_s=40, load_s=4.0)},
+    )  # fmt: skip
+    planner = Planner([one_model, roomy], DEFAULTS)
+    planner.backlog_by_model = {q: 10}
+    decision = planner.place(M, tokens=100)  # 4 + 2 (+ 4 to reload qwen) vs 4 + 2.5
+    assert decision.server is not None and decision.server.id == "roomy"
+    planner = Planner([one_model, roomy], DEFAULTS)
+    decision = planner.place(M, tokens=100)  # nothing waits for qwen: no charge
+    assert decision.server is not None and decision.server.id == "one"
+
+
+def test_an_unmeasured_pair_is_estimated_from_its_server_and_its_model() -> None:
+    small, big = "small:3b", "big:9b"
+    fast = ServerView(
+        id="fast", capacity=1, inflight=0, models=frozenset({small, big}),
+        speeds={small: ModelSpeed(tokens_per_s=200), big: ModelSpeed(tokens_per_s=115)},
+    )  # fmt: skip
+    slow = ServerView(
+        id="slow", capacity=1, inflight=0, models=frozenset({small, big}),
+        speeds={small: ModelSpeed(tokens_per_s=40)},
+    )  # fmt: skip
+    book = Planner([fast, slow], DEFAULTS).book
+    # The slow Mac runs the small model at a fifth of the fast one's speed (the median of
+    # 200 and 40 is 120: a third of it); the big one is estimated at that share too.
+    assert book.tokens_per_s("slow", big) == pytest.approx(115 * 40 / 120)
+    assert book.tokens_per_s("slow", small) == 40
+    # A server's own word stands until it is measured.
+    told = ServerView(
+        id="told", capacity=1, inflight=0, models=frozenset({big}),
+        own_speeds={big: ModelSpeed(tokens_per_s=60, load_s=1.5)},
+    )  # fmt: skip
+    book = Planner([fast, told], DEFAULTS).book
+    assert book.tokens_per_s("told", big) == 60 and book.load_s("told", big) == 1.5
+
+
+def test_the_yardstick_plans_with_the_facts_it_is_told() -> None:
+    yardstick = Informed(DEFAULTS, random.Random(1))
+    # Measured: "a" looks fast; in truth "b" is.
+    fleet = [server("a", tps=500, capacity=1), server("b", tps=10, capacity=1)]
+    yardstick.facts = facts_from_json(
+        {
+            "a": {"models": {M: {"tokens_per_s": 10, "load_s": 1}}},
+            "b": {"models": {M: {"tokens_per_s": 500, "load_s": 1}}},
+        }
+    )
+    yardstick.on_fleet(fleet)
+    decision = yardstick.choose(fleet, M, tokens=100)
+    assert decision.server is not None and decision.server.id == "b"

@@ -24,7 +24,7 @@ from orchestrator.bridge.intake import Intake, ReadyJob
 from orchestrator.bridge.placement import FleetCache, Placement
 from orchestrator.domain.job import Job, JobKind, job_id_problem, score_job_id
 from orchestrator.domain.messages import size_problem
-from orchestrator.domain.routing import SpeedDefaults, policy_named
+from orchestrator.domain.routing import Informed, SpeedDefaults, facts_from_json, policy_named
 from orchestrator.domain.servers import ServerView
 from orchestrator.errors import QueueError, QueueNotReached
 from orchestrator.refusals import refuse_oversize, refuse_unkeepable
@@ -54,6 +54,8 @@ class Bridge:
             ),
             random.Random(),
         )
+        if isinstance(policy, Informed) and self.settings.routing_facts_file:
+            policy.facts = facts_from_json(json.loads(self.settings.routing_facts_file.read_text()))
         self.intake = Intake(services)
         self.placement = Placement(services, celery_app, policy, self.fleet_cache)
         self._queue_empty_until = 0.0  # don't ask the site queue again before this

@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 
 from celery import Celery
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 UNBOUNDED = 1_000_000  # the capacity a policy that overfills servers reserves against
 FLEET_RECORDS_MAX_AGE_S = 0.25
 RESERVE_TRIES = 3
+RECENT_MODELS = 200
 
 
 class FleetCache:
@@ -65,6 +67,8 @@ class Placement:
         self.fleet_cache = fleet_cache
         self.waiting: list[ReadyJob] = []
         self.site_backlog = 0  # messages the site queue still holds, as of the last claim
+        # The models of the jobs claimed lately: the site's backlog is taken to be like them.
+        self.recent_models: deque[str] = deque(maxlen=RECENT_MODELS)
         self._planned_for: list[ServerView] | None = None
 
     def wanted_models(self) -> frozenset[str]:
@@ -101,6 +105,7 @@ class Placement:
     def enqueue(self, ready: ReadyJob, fleet: list[ServerView]) -> None:
         """Place the job now, or keep it waiting here; dead when no online server has its
         model at all."""
+        self.recent_models.append(ready.model)
         if not hosting_servers(fleet, ready.model):
             reason = f"no online server has model {ready.request.model} (entity {ready.entity})"
             if ready.tried:
@@ -175,6 +180,7 @@ class Placement:
                 model=ready.model,
                 priority=ready.priority,
                 bridge_id=self.bridge_id,
+                model_slots=server.model_slots.get(ready.model, 0),
             )
             if reserved is Reservation.NOT_OURS:
                 # Given up by the sweep or handed to another bridge meanwhile.
@@ -183,7 +189,7 @@ class Placement:
             if reserved is Reservation.TAKEN:
                 log.debug("job=%s route to %s", ready.job_id, decision.reason)
                 index = next(i for i, known in enumerate(fleet) if known.id == server.id)
-                fleet[index] = fleet[index].with_inflight(fleet[index].inflight + 1)
+                fleet[index] = fleet[index].with_one_more(ready.model)
                 return self.dispatch(ready, server.id, attempt)
             # Another bridge took that slot between our read and our reserve: look again.
             self.fleet_cache.invalidate()
@@ -210,7 +216,20 @@ class Placement:
             region=ready.region,
             exclude=exclude,
             backlog=self.site_backlog + len(self.waiting),
+            backlog_by_model=self.backlog_by_model(),
         )
+
+    def backlog_by_model(self) -> dict[str, float]:
+        """The jobs waiting, by model: those here, and the site's backlog shared out as the
+        models of the jobs claimed lately."""
+        counts: dict[str, float] = {}
+        for ready in self.waiting:
+            counts[ready.model] = counts.get(ready.model, 0.0) + 1
+        if self.site_backlog and self.recent_models:
+            share = self.site_backlog / len(self.recent_models)
+            for model in self.recent_models:
+                counts[model] = counts.get(model, 0.0) + share
+        return counts
 
     def dispatch(self, ready: ReadyJob, server_id: str, attempt: int) -> bool:
         """Send the generate task (its worker sends the result on to `deliver`); the ledger

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from orchestrator.domain.servers import ServerView
+from orchestrator.domain.servers import ModelSpeed, ServerView
+from workers.contract.model_names import model_key
 
 # Finish times within this share (or this many seconds) of the soonest count as equally soon.
 EQUAL_SHARE = 0.05
@@ -41,16 +43,24 @@ class Estimate:
     wait_s: float
     load_s: float
     generate_s: float
+    evicts: str | None = None  # the model a load here puts out of memory
+    penalty_s: float = 0.0  # what that costs later: the evicted model's next load
 
     @property
     def finish_s(self) -> float:
         return self.wait_s + self.load_s + self.generate_s
 
+    @property
+    def cost_s(self) -> float:
+        """The finish, and what placing the job here costs the jobs after it."""
+        return self.finish_s + self.penalty_s
+
     def explain(self) -> str:
+        evicts = f", evicts {self.evicts} (+{self.penalty_s:.2f})" if self.evicts else ""
         return (
             f"{self.server.id} {self.finish_s:.2f}s (wait {self.wait_s:.2f} + load "
             f"{self.load_s:.2f} + generate {self.generate_s:.2f}, "
-            f"{self.server.inflight}/{self.server.capacity} busy)"
+            f"{self.server.inflight}/{self.server.capacity} busy{evicts})"
         )
 
 
@@ -68,9 +78,12 @@ class Decision:
 
 
 def able_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
-    """Servers that are online, whose Ollama answers, that are not cooling down after failures,
-    and that have the model installed."""
-    return [server for server in servers if model in server.models and server.usable_capacity > 0]
+    """Servers that are online, whose model server answers, that are not cooling down after
+    failures, and that have the model installed (with a slot of its own, where its slots are
+    its own)."""
+    return [
+        server for server in servers if model in server.models and server.model_capacity(model) > 0
+    ]
 
 
 def hosting_servers(servers: Iterable[ServerView], model: str) -> list[ServerView]:
@@ -79,61 +92,176 @@ def hosting_servers(servers: Iterable[ServerView], model: str) -> list[ServerVie
     return [server for server in servers if server.online and model in server.models]
 
 
-def fleet_defaults(servers: list[ServerView], model: str, fallback: SpeedDefaults) -> SpeedDefaults:
-    """A server not yet measured for a model is assumed typical of the fleet for that model:
-    the median of what the others have shown, else the settings."""
-    speeds = [server.speeds[model] for server in servers if model in server.speeds]
-    tokens_per_s = [speed.tokens_per_s for speed in speeds if speed.tokens_per_s]
-    load_s = [speed.load_s for speed in speeds if speed.load_s is not None]
-    return SpeedDefaults(
-        tokens_per_s=statistics.median(tokens_per_s) if tokens_per_s else fallback.tokens_per_s,
-        load_s=statistics.median(load_s) if load_s else fallback.load_s,
-    )
+class SpeedBook:
+    """Each server's speed and load time for each model: as measured, else as the server says
+    of itself, else estimated from what is known of that server and of that model elsewhere.
+    Speeds are taken to be a server's factor times a model's typical speed: a Mac that runs
+    one model at a quarter of the fleet's typical speed runs another at about a quarter too."""
+
+    def __init__(self, servers: Iterable[ServerView], defaults: SpeedDefaults) -> None:
+        self.defaults = defaults
+        self.tps: dict[tuple[str, str], float] = {}
+        self.load: dict[tuple[str, str], float] = {}
+        for server in servers:
+            for source in (server.own_speeds, server.speeds):  # measured last: it wins
+                for model, speed in source.items():
+                    if speed.tokens_per_s:
+                        self.tps[server.id, model] = speed.tokens_per_s
+                    if speed.load_s is not None:
+                        self.load[server.id, model] = speed.load_s
+        self.model_tps = _medians((model, tps) for (_, model), tps in self.tps.items())
+        self.factor = _medians(
+            (server_id, tps / self.model_tps[model]) for (server_id, model), tps in self.tps.items()
+        )
+        self.fleet_tps = _median(self.tps.values())
+        self.model_load = _medians((model, load) for (_, model), load in self.load.items())
+        self.server_load = _medians((server_id, load) for (server_id, _), load in self.load.items())
+        self.fleet_load = _median(self.load.values())
+
+    def tokens_per_s(self, server_id: str, model: str) -> float:
+        known = self.tps.get((server_id, model))
+        if known:
+            return known
+        factor = self.factor.get(server_id, 1.0)
+        typical = self.model_tps.get(model) or self.fleet_tps
+        return typical * factor if typical else self.defaults.tokens_per_s
+
+    def load_s(self, server_id: str, model: str) -> float:
+        for known in (
+            self.load.get((server_id, model)),
+            self.model_load.get(model),
+            self.server_load.get(server_id),
+            self.fleet_load,
+        ):
+            if known is not None:
+                return known
+        return self.defaults.load_s
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def _medians(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    grouped: dict[str, list[float]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return {name: statistics.median(values) for name, values in grouped.items()}
+
+
+@dataclass
+class _Plan:
+    """One server as a plan has filled it so far."""
+
+    slots: list[float]  # seconds until each of its slots is free
+    model_slots: dict[str, list[float]]  # the same, for each model with slots of its own
+    loaded: list[str]  # least recently used first
+    loading: set[str]
+    room: int  # most models loaded at once
+    busy: Counter[str]  # jobs per model, running or planned
 
 
 class Planner:
     """Places jobs one after another, each where it would finish soonest given the jobs placed
     before it: a list scheduler over the fleet's slots. A job is dispatched only to a slot that
-    is free now; one whose soonest finish is behind a busy slot waits for it."""
+    is free now; one whose soonest finish is behind a busy slot waits for it.
+
+    A load that puts another model out of memory is charged that model's next load when jobs
+    for it are waiting; where a model server's own manager evicts (a pool, one llama-server per
+    model), a model with jobs running or with the most waiting is never evicted. While a
+    backlog of the job's model waits, a free slot is taken if the job would be done there
+    before the servers for that model could drain their backlog anyway (`hold_back`)."""
 
     def __init__(
         self,
         servers: Iterable[ServerView],
         defaults: SpeedDefaults = SpeedDefaults(),
         rng: random.Random | None = None,
+        *,
+        hold_back: bool = True,
     ) -> None:
         self.servers = list(servers)
         self.defaults = defaults
+        self.book = SpeedBook(self.servers, defaults)
         self.rng = rng or random.Random()
+        self.hold_back = hold_back
         self.backlog = 0  # jobs known to be waiting behind this one (in the bridge, the site)
-        self._slots: dict[str, list[float]] = {}  # per server: seconds until each slot frees
-        self._loaded: dict[str, set[str]] = {}
-        self._room: dict[str, int] = {}
+        self.backlog_by_model: Mapping[str, float] = {}  # the same, by model, where known
+        self._plans: dict[str, _Plan] = {}
 
-    def _slots_of(self, server: ServerView, generate_s: float) -> list[float]:
-        if server.id not in self._slots:
+    def _plan_of(self, server: ServerView, generate_s: float) -> _Plan:
+        plan = self._plans.get(server.id)
+        if plan is None:
             capacity = server.usable_capacity
             busy = min(server.inflight, capacity)
-            # A busy slot frees, on average, halfway through a job like this one.
-            self._slots[server.id] = [0.0] * (capacity - busy) + [generate_s / 2] * busy
-            self._loaded[server.id] = set(server.loaded)
-            # Ollama does not say how many models fit; a server holds at least what it holds now.
-            self._room[server.id] = max(1, len(server.loaded))
-        return self._slots[server.id]
+            loaded = [model for model in server.lru if model in server.loaded]
+            loaded += sorted(server.loaded - set(loaded))
+            plan = _Plan(
+                # A busy slot frees, on average, halfway through a job like this one.
+                slots=[0.0] * (capacity - busy) + [generate_s / 2] * busy,
+                model_slots={},
+                loaded=loaded,
+                loading=set(server.loading),
+                # Ollama does not say how many models fit: at least what it holds now.
+                room=server.max_loaded or max(1, len(server.loaded) + len(server.loading)),
+                busy=Counter(server.inflight_models),
+            )
+            self._plans[server.id] = plan
+        return plan
 
-    def estimate(
-        self, server: ServerView, model: str, tokens: int, typical: SpeedDefaults
-    ) -> Estimate:
-        speed = server.speeds.get(model)
-        tokens_per_s = (speed.tokens_per_s if speed else None) or typical.tokens_per_s
-        generate_s = tokens / tokens_per_s
-        wait_s = min(self._slots_of(server, generate_s))
-        if model in self._loaded[server.id]:
-            load_s = 0.0
-        else:
-            measured = speed.load_s if speed else None
-            load_s = measured if measured is not None else typical.load_s
-        return Estimate(server, wait_s, load_s, generate_s)
+    def _model_slots(
+        self, server: ServerView, plan: _Plan, model: str, generate_s: float
+    ) -> list[float] | None:
+        own = server.model_slots.get(model)
+        if own is None:
+            return None
+        if model not in plan.model_slots:
+            busy = min(server.inflight_models.get(model, 0), own)
+            plan.model_slots[model] = [0.0] * (own - busy) + [generate_s / 2] * busy
+        return plan.model_slots[model]
+
+    def backlog_of(self, model: str) -> float:
+        return self.backlog_by_model.get(model, 0.0) if self.backlog_by_model else self.backlog
+
+    def estimate(self, server: ServerView, model: str, tokens: int) -> Estimate | None:
+        """The job's expected finish on the server, or None when it cannot go there now (a
+        load would evict a model that must stay)."""
+        generate_s = tokens / self.book.tokens_per_s(server.id, model)
+        plan = self._plan_of(server, generate_s)
+        wait_s = min(plan.slots)
+        own = self._model_slots(server, plan, model, generate_s)
+        if own is not None:
+            wait_s = max(wait_s, min(own))
+        if model in plan.loaded:
+            return Estimate(server, wait_s, 0.0, generate_s)
+        load_s = self.book.load_s(server.id, model)
+        if model in plan.loading:
+            return Estimate(server, wait_s, load_s / 2, generate_s)
+        if len(plan.loaded) + len(plan.loading) < plan.room:
+            return Estimate(server, wait_s, load_s, generate_s)
+        victim = self._victim(server, plan, model)
+        if victim is None:
+            return None
+        penalty_s = self.book.load_s(server.id, victim) if self.backlog_of(victim) > 0 else 0.0
+        return Estimate(server, wait_s, load_s, generate_s, victim, penalty_s)
+
+    def _victim(self, server: ServerView, plan: _Plan, model: str) -> str | None:
+        """The model a load of `model` puts out. Ollama unloads an idle model when it needs
+        the room; a pool manager evicts its least recently used server, busy or not, so there
+        the load waits while that one has work."""
+        if not plan.loaded:
+            return None
+        if model not in server.model_slots:
+            idle = [name for name in plan.loaded if not plan.busy[name]]
+            return (idle or plan.loaded)[0]
+        victim = plan.loaded[0]
+        if plan.busy[victim]:
+            return None
+        victim_work = self.backlog_of(victim)
+        if victim_work > 0 and victim_work >= max(self.backlog_of(m) for m in plan.loaded):
+            return None
+        return victim
 
     def place(
         self, model: str, *, tokens: int, region: str = "", exclude: Collection[str] = ()
@@ -141,35 +269,37 @@ class Planner:
         able = [server for server in able_servers(self.servers, model) if server.id not in exclude]
         if not able:
             return unplaceable(self.servers, model)
-        typical = fleet_defaults(able, model, self.defaults)
         estimates = sorted(
-            (self.estimate(server, model, tokens, typical) for server in able),
-            key=lambda entry: entry.finish_s,
+            (
+                estimate
+                for server in able
+                if (estimate := self.estimate(server, model, tokens)) is not None
+            ),
+            key=lambda entry: entry.cost_s,
         )
-        soonest = estimates[0].finish_s
+        if not estimates:
+            held = ", ".join(server.id for server in able[:4])
+            return Decision(
+                None, f"waits: a load of {model} would evict a busy model ({held})", wait=True
+            )
+        soonest = estimates[0].cost_s
         equally_soon = [
             entry
             for entry in estimates
-            if entry.finish_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
+            if entry.cost_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
         ]
         best = max(
             equally_soon,
             key=lambda entry: (
                 bool(region) and entry.server.region == region,
                 entry.server.priority,
-                -sum(1 for left in self._slots[entry.server.id] if left > 0),
+                -sum(1 for left in self._plans[entry.server.id].slots if left > 0),
                 self.rng.random(),
             ),
         )
-        if best.wait_s > 0.0:
-            best = self._free_slot_before_drain(estimates, tokens) or best
-        slots = self._slots[best.server.id]
-        slots[slots.index(best.wait_s)] = best.finish_s
-        loaded = self._loaded[best.server.id]
-        if model not in loaded and len(loaded) >= self._room[best.server.id]:
-            # Loading one more evicts one: later jobs for it would load it again.
-            loaded.discard(sorted(loaded)[0])
-        loaded.add(model)
+        if best.wait_s > 0.0 and self.hold_back:
+            best = self._free_slot_before_drain(estimates, model) or best
+        self._commit(best, model)
 
         def reason() -> str:
             others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
@@ -179,18 +309,36 @@ class Planner:
             return Decision(best.server, reason)
         return Decision(None, lambda: f"waits for {reason()}", wait=True)
 
-    def _free_slot_before_drain(self, estimates: list[Estimate], tokens: int) -> Estimate | None:
-        """While a backlog is waiting, a free slot is worth taking if the job would be done there
-        before the fleet could drain the backlog anyway: keep every slot busy, and hold back
-        only near the end, when a slow slot would finish last."""
-        if self.backlog <= 0:
+    def _commit(self, best: Estimate, model: str) -> None:
+        """The job is placed (or will wait for) `best`: the plan fills that slot."""
+        plan = self._plans[best.server.id]
+        plan.slots[plan.slots.index(min(plan.slots))] = best.finish_s
+        own = plan.model_slots.get(model)
+        if own is not None:
+            own[own.index(min(own))] = best.finish_s
+        if best.evicts is not None:
+            plan.loaded.remove(best.evicts)
+        if model in plan.loaded:
+            plan.loaded.remove(model)
+        plan.loading.discard(model)
+        plan.loaded.append(model)
+        plan.busy[model] += 1
+
+    def _free_slot_before_drain(self, estimates: list[Estimate], model: str) -> Estimate | None:
+        """While a backlog of this model is waiting, a free slot is worth taking if the job
+        would be done there before the servers for the model could drain it anyway: keep every
+        slot busy, and hold back only near the end, when a slow slot would finish last."""
+        backlog = self.backlog_of(model)
+        if backlog <= 0:
             return None
+        # Jobs per second of every able slot, each at its own speed for this model.
         throughput = sum(
-            entry.server.usable_capacity * tokens / entry.generate_s for entry in estimates
-        )  # tokens per second of every able slot
-        drain_s = (self.backlog + sum(e.server.inflight for e in estimates)) * tokens / throughput
-        free = [entry for entry in estimates if entry.wait_s == 0.0 and entry.finish_s <= drain_s]
-        return min(free, key=lambda entry: entry.finish_s) if free else None
+            entry.server.model_capacity(model) / entry.generate_s for entry in estimates
+        )
+        running = sum(self._plans[entry.server.id].busy[model] for entry in estimates)
+        drain_s = (backlog + running) / throughput
+        free = [entry for entry in estimates if entry.wait_s == 0.0 and entry.cost_s <= drain_s]
+        return min(free, key=lambda entry: entry.cost_s) if free else None
 
 
 def unplaceable(servers: Iterable[ServerView], model: str) -> Decision:
@@ -212,9 +360,9 @@ def standing(server: ServerView) -> str:
 
 def estimate(
     server: ServerView, model: str, tokens: int, defaults: SpeedDefaults = SpeedDefaults()
-) -> Estimate:
+) -> Estimate | None:
     """One job's expected finish on one server, alone."""
-    return Planner([server], defaults).estimate(server, model, tokens, defaults)
+    return Planner([server], defaults).estimate(server, model, tokens)
 
 
 def choose_server(
@@ -261,9 +409,11 @@ class RoutingPolicy:
         region: str = "",
         exclude: Collection[str] = (),
         backlog: int = 0,
+        backlog_by_model: Mapping[str, float] | None = None,
     ) -> Decision:
         """Where this job goes now, or why it waits (or cannot be placed). `backlog` is how
-        many jobs are known to wait behind it (in the bridge and on the site)."""
+        many jobs are known to wait behind it (in the bridge and on the site), and
+        `backlog_by_model` how many of them are for each model, where that is known."""
         raise NotImplementedError
 
 
@@ -272,13 +422,14 @@ class SoonestFinish(RoutingPolicy):
     same snapshot (see Planner)."""
 
     name = "soonest"
+    hold_back = True
 
     def __init__(self, defaults: SpeedDefaults = SpeedDefaults(), rng: random.Random | None = None):
         super().__init__(defaults, rng)
         self._planner: Planner | None = None
 
     def on_fleet(self, servers: list[ServerView]) -> None:
-        self._planner = Planner(servers, self.defaults, self.rng)
+        self._planner = Planner(servers, self.defaults, self.rng, hold_back=self.hold_back)
 
     def choose(
         self,
@@ -289,12 +440,66 @@ class SoonestFinish(RoutingPolicy):
         region: str = "",
         exclude: Collection[str] = (),
         backlog: int = 0,
+        backlog_by_model: Mapping[str, float] | None = None,
     ) -> Decision:
         if self._planner is None:
             self.on_fleet(servers)
         assert self._planner is not None
         self._planner.backlog = backlog
+        self._planner.backlog_by_model = backlog_by_model or {}
         return self._planner.place(model, tokens=tokens, region=region, exclude=exclude)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """A server's true parameters, as a yardstick is told them."""
+
+    speeds: dict[str, ModelSpeed]  # by model key
+    max_loaded: int = 0
+
+
+class Informed(SoonestFinish):
+    """A yardstick to measure the router against (bench/fleet.py): each job where it finishes
+    soonest, never over a server's slots, planned with every server's true speeds and load
+    times (`facts`), as no router can know them."""
+
+    name = "yardstick"
+    hold_back = False
+
+    def __init__(self, defaults: SpeedDefaults = SpeedDefaults(), rng: random.Random | None = None):
+        super().__init__(defaults, rng)
+        self.facts: dict[str, ServerFacts] = {}
+
+    def on_fleet(self, servers: list[ServerView]) -> None:
+        super().on_fleet([told(server, self.facts.get(server.id)) for server in servers])
+
+
+def told(server: ServerView, facts: ServerFacts | None) -> ServerView:
+    if facts is None:
+        return server
+    return replace(
+        server,
+        speeds=facts.speeds,
+        own_speeds={},
+        max_loaded=facts.max_loaded or server.max_loaded,
+    )
+
+
+def facts_from_json(data: object) -> dict[str, ServerFacts]:
+    """`{server: {"max_loaded": n, "models": {model: {"tokens_per_s": x, "load_s": y}}}}`."""
+    if not isinstance(data, dict):
+        raise ValueError("routing facts: a JSON object of servers")
+    facts = {}
+    for server_id, entry in data.items():
+        models = entry.get("models", {}) if isinstance(entry, dict) else {}
+        speeds = {
+            model_key(name): ModelSpeed(
+                tokens_per_s=float(values["tokens_per_s"]), load_s=float(values["load_s"])
+            )
+            for name, values in models.items()
+        }
+        facts[str(server_id)] = ServerFacts(speeds, int(entry.get("max_loaded", 0)))
+    return facts
 
 
 class CapacityBlind(RoutingPolicy):
@@ -312,6 +517,7 @@ class CapacityBlind(RoutingPolicy):
         region: str = "",
         exclude: Collection[str] = (),
         backlog: int = 0,
+        backlog_by_model: Mapping[str, float] | None = None,
     ) -> Decision:
         able = [server for server in able_servers(servers, model) if server.id not in exclude]
         if not able:
@@ -341,7 +547,7 @@ class LeastInflight(CapacityBlind):
 
 
 POLICIES: dict[str, type[RoutingPolicy]] = {
-    policy.name: policy for policy in (SoonestFinish, RandomChoice, LeastInflight)
+    policy.name: policy for policy in (SoonestFinish, RandomChoice, LeastInflight, Informed)
 }
 
 

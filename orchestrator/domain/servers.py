@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from workers.contract.model_names import model_key
@@ -25,6 +27,7 @@ class ServerView:
     inflight: int
     models: frozenset[str] = frozenset()  # by their keys (model_names.model_key), as jobs' are
     loaded: frozenset[str] = frozenset()
+    lru: tuple[str, ...] = ()  # the loaded models, least recently used first, as told
     healthy: bool = True
     online: bool = True
     region: str = ""
@@ -39,15 +42,24 @@ class ServerView:
     speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
     failures: int = 0  # failed in a row (the circuit breaker)
     cooling_s: float = 0.0  # left out of routing this much longer
+    # What the backend tells (ServerRecord), by model key.
+    backend: str = "ollama"
+    model_slots: dict[str, int] = field(default_factory=dict, hash=False)  # a model's own
+    max_loaded: int = 0  # most models loaded at once (0: unknown)
+    loading: frozenset[str] = frozenset()
+    own_speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
+    # The models of its jobs in flight, one count per model.
+    inflight_models: dict[str, int] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def from_record(cls, record: ServerRecord, inflight: int) -> ServerView:
+    def from_record(cls, record: ServerRecord, inflight: Iterable[str] = ()) -> ServerView:
         return cls(
             id=record.id,
             capacity=record.capacity,
-            inflight=inflight,
+            inflight=0,
             models=frozenset(model_key(model) for model in record.models),
             loaded=frozenset(model_key(model) for model in record.loaded),
+            lru=tuple(model_key(model) for model in record.loaded),
             healthy=record.ollama_healthy,
             region=record.region,
             location=record.location,
@@ -58,12 +70,18 @@ class ServerView:
             last_beat=record.last_beat,
             beat_interval_s=record.beat_interval_s,
             client_name=record.client_name,
-        )
+            backend=record.backend,
+            model_slots={model_key(name): n for name, n in record.model_slots.items()},
+            max_loaded=record.max_loaded,
+            loading=frozenset(model_key(model) for model in record.loading),
+            own_speeds=own_speeds(record),
+        ).with_inflight(inflight)
 
     @classmethod
-    def offline(cls, server_id: str, inflight: int) -> ServerView:
+    def offline(cls, server_id: str, inflight: Iterable[str] = ()) -> ServerView:
         """A known server whose record is gone."""
-        return cls(id=server_id, capacity=0, inflight=inflight, online=False, healthy=False)
+        server = cls(id=server_id, capacity=0, inflight=0, online=False, healthy=False)
+        return server.with_inflight(inflight)
 
     @property
     def cooling(self) -> bool:
@@ -81,8 +99,42 @@ class ServerView:
     def free_slots(self) -> int:
         return max(0, self.usable_capacity - self.inflight)
 
-    def with_inflight(self, inflight: int) -> ServerView:
-        return self if inflight == self.inflight else replace(self, inflight=inflight)
+    def model_capacity(self, model: str) -> int:
+        """Slots a job for `model` may fill: the server's, and its model's own where it has
+        them."""
+        own = self.model_slots.get(model)
+        return self.usable_capacity if own is None else min(own, self.usable_capacity)
+
+    def free_for(self, model: str) -> int:
+        """Free slots for a job for `model` now."""
+        own = self.model_slots.get(model)
+        if own is None:
+            return self.free_slots
+        return max(0, min(self.free_slots, own - self.inflight_models.get(model, 0)))
+
+    def with_inflight(self, models: Iterable[str]) -> ServerView:
+        """The server with these jobs in flight (their models, one entry per job)."""
+        counts = dict(Counter(model_key(model) for model in models))
+        inflight = sum(counts.values())
+        if inflight == self.inflight and counts == self.inflight_models:
+            return self
+        return replace(self, inflight=inflight, inflight_models=counts)
+
+    def with_one_more(self, model: str) -> ServerView:
+        """The server with one more job for `model` in flight."""
+        counts = dict(self.inflight_models)
+        counts[model] = counts.get(model, 0) + 1
+        return replace(self, inflight=self.inflight + 1, inflight_models=counts)
+
+
+def own_speeds(record: ServerRecord) -> dict[str, ModelSpeed]:
+    """What a server says of its own speed and load times, by model key."""
+    tps = {model_key(name): value for name, value in record.tokens_per_s.items()}
+    load = {model_key(name): value for name, value in record.load_s.items()}
+    return {
+        model: ModelSpeed(tokens_per_s=tps.get(model), load_s=load.get(model))
+        for model in tps.keys() | load.keys()
+    }
 
 
 def speeds_from_latency(fields: dict[str, str]) -> dict[str, ModelSpeed]:

@@ -1,8 +1,8 @@
 """The fleet registry in Redis: server records written by heartbeats, in-flight counts, each
 server's measured speeds and its circuit breaker, and the servers whose jobs were moved away.
 
-Slots themselves (the in-flight sets) are taken and given back with a job's steps, by the
-ledger; the fleet only reads how full they are.
+Slots themselves (the in-flight hashes, job id to model) are taken and given back with a job's
+steps, by the ledger; the fleet only reads how full they are.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Fleet:
         now = float(flat[0])
         servers = []
         for index in range(1, len(flat), FIELDS_PER_SERVER):
-            server_id, fields, inflight = flat[index], flat[index + 1], int(flat[index + 2])
+            server_id, fields, inflight = flat[index], flat[index + 1], flat[index + 2]
             if fields:
                 record = ServerRecord.from_hash(server_id, pairs_to_dict(fields))
                 server = ServerView.from_record(record, inflight)
@@ -91,14 +91,11 @@ class Fleet:
         server that stops or is found gone says so on the event channel)."""
         if not servers:
             return []
-        counts = self._inflight_counts(args=[self.keys.inflight_prefix, *(s.id for s in servers)])
-        return [
-            known.with_inflight(count)
-            for known, count in zip(servers, map(int, counts), strict=True)
-        ]
+        models = self._inflight_counts(args=[self.keys.inflight_prefix, *(s.id for s in servers)])
+        return [known.with_inflight(jobs) for known, jobs in zip(servers, models, strict=True)]
 
     def inflight_jobs(self, server_id: str) -> set[str]:
-        return set(self.redis.smembers(self.keys.inflight(server_id)))  # type: ignore[arg-type]
+        return set(self.redis.hkeys(self.keys.inflight(server_id)))  # type: ignore[arg-type]
 
     # Workers that went away --------------------------------------------------------------
 

@@ -403,9 +403,12 @@ class Ledger:
         model: str,
         priority: int,
         bridge_id: str,
+        model_slots: int = 0,
     ) -> Reservation:
         """Take one of the server's slots for the job and record it dispatched there, in one
-        step: never more than `capacity`, and only while `bridge_id` holds the job."""
+        step: never more than `capacity` jobs on the server, nor more than `model_slots` of
+        its model when the model has slots of its own, and only while `bridge_id` holds the
+        job."""
         dispatched = {
             "state": JobState.DISPATCHED.value,
             "attempt": str(attempt),
@@ -421,7 +424,7 @@ class Ledger:
         }
         taken = self._reserve(
             keys=[self.keys.inflight(server_id), self.keys.job(job_id)],
-            args=[capacity, job_id, bridge_id, *flatten(dispatched)],
+            args=[capacity, job_id, bridge_id, model, model_slots, *flatten(dispatched)],
         )
         return Reservation(int(taken))
 

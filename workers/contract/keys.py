@@ -56,7 +56,8 @@ class Keys:
         return f"{self.prefix}:worker:{''.join(server_id.split())}"
 
     def inflight(self, server_id: str) -> str:
-        """Set of job ids running on a server: a set, not a counter, so it cannot drift."""
+        """Hash of the jobs running on a server, job id to model: entries, not a counter, so it
+        cannot drift, and each model's own slots can be counted."""
         return f"{self.inflight_prefix}{server_id}"
 
     @property

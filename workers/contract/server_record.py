@@ -17,7 +17,8 @@ class ServerRecord(BaseModel):
     priority: int = 0
     capacity: int = 1
     models: list[str] = Field(default_factory=list)  # installed (`/api/tags`)
-    loaded: list[str] = Field(default_factory=list)  # in memory now (`/api/ps`)
+    # In memory now (`/api/ps`; a pool's running servers), least recently used first.
+    loaded: list[str] = Field(default_factory=list)
     ollama_healthy: bool = True
     worker_version: str = ""
     last_beat: float = 0.0  # Redis's clock

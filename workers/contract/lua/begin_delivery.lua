@@ -2,7 +2,7 @@
 -- unless the job was sent to that same server again; a current one becomes DELIVERING.
 -- A delivery that was interrupted may begin again: delivering is idempotent.
 -- KEYS[1] the job's hash
--- KEYS[2] the result's server's in-flight set
+-- KEYS[2] the result's server's in-flight hash
 -- KEYS[3] the EQ score's once-guard
 -- ARGV[1] job id
 -- ARGV[2] the result's attempt
@@ -27,7 +27,7 @@ local current = attempt == ARGV[2] and server == ARGV[3]
   and (state == DISPATCHED or state == DELIVERING)
 -- A stale result frees its slot only when the job holds none there any more.
 if current or server ~= ARGV[3] or state ~= DISPATCHED then
-  if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+  if redis.call('HDEL', KEYS[2], ARGV[1]) == 1 then
     redis.call('PUBLISH', ARGV[4], 'free:' .. ARGV[3])
   end
 end

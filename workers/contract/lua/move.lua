@@ -25,7 +25,7 @@ for index = 9, #ARGV - 1, 2 do
   if ARGV[index] == 'state' then next_state = ARGV[index + 1] end
 end
 if state == DISPATCHED and next_state ~= DISPATCHED and server then
-  if redis.call('SREM', ARGV[6] .. server, ARGV[1]) == 1 then
+  if redis.call('HDEL', ARGV[6] .. server, ARGV[1]) == 1 then
     redis.call('PUBLISH', ARGV[7], 'free:' .. server)
   end
 end
