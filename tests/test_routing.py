@@ -16,6 +16,8 @@ from orchestrator.domain.routing import (
     facts_from_json,
 )
 from orchestrator.domain.servers import ModelSpeed, ServerView
+from orchestrator.state.fleet import cold_load_ms
+from workers.contract.protocol import ChatTimings
 
 M = "llama3.2:3b"
 DEFAULTS = SpeedDefaults(tokens_per_s=30.0, load_s=20.0)
@@ -320,3 +322,16 @@ def test_the_yardstick_plans_with_the_facts_it_is_told() -> None:
     yardstick.on_fleet(fleet)
     decision = yardstick.choose(fleet, M, tokens=100)
     assert decision.server is not None and decision.server.id == "b"
+
+
+def test_load_times_are_learnt_from_the_server_or_from_a_first_requests_extra_time() -> None:
+    # Ollama says: a few milliseconds is a loaded model, seconds a cold one.
+    assert cold_load_ms(ChatTimings(wall_ms=900, load_ms=12, eval_ms=800)) == 0.0
+    assert cold_load_ms(ChatTimings(wall_ms=4900, load_ms=4000, eval_ms=800)) == 4000
+    # A server that tells no load: seconds beyond its prompt and generation were a load...
+    told = ChatTimings(wall_ms=5200, prompt_eval_ms=150, eval_ms=1000)
+    assert cold_load_ms(told) == pytest.approx(4050)
+    # ... a few milliseconds of overhead are not, nor is anything from a server that tells
+    # nothing of its own times.
+    assert cold_load_ms(ChatTimings(wall_ms=1180, prompt_eval_ms=150, eval_ms=1000)) == 0.0
+    assert cold_load_ms(ChatTimings(wall_ms=9000)) == 0.0

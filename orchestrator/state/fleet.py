@@ -29,6 +29,8 @@ LATENCY_ALPHA = 0.2  # weight of a new measure in the moving averages
 GONE_AFTER_BEATS = 1.5
 # Ollama reports a few milliseconds of load for a model already in memory; more is a cold load.
 COLD_LOAD_MS = 250.0
+# A server that reports no load: this much time beyond its prompt and generation is a load.
+UNREPORTED_LOAD_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -201,12 +203,23 @@ class Fleet:
         request's time, the generation speed, and the model's load time when it was cold."""
         eval_s = timings.eval_ms / 1000
         tps = timings.eval_count / eval_s if eval_s > 0 and timings.eval_count > 0 else 0.0
-        cold_load_ms = timings.load_ms if timings.load_ms >= COLD_LOAD_MS else 0.0
         self._latency(
             keys=[self.keys.latency(server_id)],
             args=[
                 f"{model}:ms", f"{model}:tps", timings.wall_ms, tps, LATENCY_ALPHA,
-                f"{model}:load_ms", cold_load_ms,
+                f"{model}:load_ms", cold_load_ms(timings),
             ],
             client=pipe,
         )  # fmt: skip
+
+
+def cold_load_ms(timings: ChatTimings) -> float:
+    """The time a request spent loading its model, 0 when it was loaded: as the server reports
+    it (Ollama's `load_duration`, a pool's cold start), else, where the server tells its prompt
+    and generation times but no load, the time beyond them when that is plainly a load."""
+    if timings.load_ms:
+        return timings.load_ms if timings.load_ms >= COLD_LOAD_MS else 0.0
+    if timings.eval_ms <= 0:
+        return 0.0
+    extra_ms = timings.wall_ms - timings.prompt_eval_ms - timings.eval_ms
+    return extra_ms if extra_ms >= UNREPORTED_LOAD_MS else 0.0
