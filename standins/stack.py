@@ -23,7 +23,7 @@ from orchestrator.state.ledger import Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis, TlsFiles, free_port
 from standins.processes import ManagedProcess, ProcessGroup, python_command
-from standins.simulator import SimServerSpec
+from standins.simulator import SimServerSpec, format_server_spec
 from standins.waiting import wait_for
 from workers.contract.keys import DEFAULT_PREFIX, Keys
 from workers.contract.settings import ENV_PREFIX
@@ -44,21 +44,32 @@ def demo_fleet() -> list[SimServerSpec]:
 
 def spec_argument(spec: SimServerSpec) -> str:
     """A server spec as `ollama-cloud sim --server` takes it."""
-    parts = {
-        "name": spec.name,
-        "host": spec.host,
-        "port": str(spec.port),
-        "models": "+".join(spec.models),
-        "tps": str(spec.tokens_per_second),
-        "load": str(spec.load_seconds),
-        "parallel": str(spec.parallel),
-        "queue": str(spec.max_queue),
-        "max_loaded": str(spec.max_loaded_models),
-        "ctx": str(spec.context_length),
-    }
-    if spec.loaded:
-        parts["loaded"] = "+".join(spec.loaded)
-    return ",".join(f"{key}={value}" for key, value in parts.items())
+    return format_server_spec(spec)
+
+
+def ready_path(spec: SimServerSpec) -> str:
+    """A route the simulated server answers once it serves (a llama-server answers its model
+    list while it loads)."""
+    return {"ollama": "/api/version", "llamacpp": "/v1/models", "pool": "/health"}[spec.kind]
+
+
+def worker_backend(spec: SimServerSpec, url: str) -> dict[str, str]:
+    """The worker settings (without their prefix) that point it at a simulated server of
+    this kind: Ollama, one llama-server, or a pool manager."""
+    if spec.kind == "pool":
+        slots = ",".join(f"{model}={count}" for model, count in spec.slots.items())
+        return {"BACKEND": "pool", "POOL_URL": url, "MODEL_SLOTS": slots}
+    if spec.kind == "llamacpp":
+        return {"BACKEND": "openai", "MODEL_SERVER_URL": url}
+    return {"OLLAMA_URL": url}
+
+
+def worker_capacity(spec: SimServerSpec) -> int:
+    """Jobs at once: a server's slots; for a pool, the slots of as many model servers as it
+    runs at once, the largest first."""
+    if spec.kind != "pool":
+        return spec.parallel
+    return sum(sorted(spec.slot_counts(), reverse=True)[: spec.max_servers])
 
 
 class LocalStack:
@@ -194,7 +205,7 @@ class LocalStack:
         argv = python_command("-m", "orchestrator", "sim", "--server", spec_argument(spec))
         process = self._start(f"sim-{server_id}", argv, self.env())
         if wait:
-            self.wait_http(f"{self.sim_url(server_id)}/api/version")
+            self.wait_http(f"{self.sim_url(server_id)}{ready_path(spec)}")
         return process
 
     def start_worker(self, server_id: str, *, wait: bool = True) -> ManagedProcess:
@@ -204,9 +215,9 @@ class LocalStack:
             "-n", f"{server_id}@%h", "--without-mingle", "--without-gossip", "-l", "info",
         )  # fmt: skip
         env = self.env(
-            OLLAMA_URL=self.sim_url(server_id),
-            CAPACITY=str(spec.parallel),
-            CONCURRENCY=str(spec.parallel),
+            **worker_backend(spec, self.sim_url(server_id)),
+            CAPACITY=str(worker_capacity(spec)),
+            CONCURRENCY=str(worker_capacity(spec)),
             LOCATION="this machine",
         )
         env.update(self.worker_env.get(server_id, {}))

@@ -120,7 +120,7 @@ def test_chat_is_deterministic_and_counts_tokens(main_url: str, connect: Connect
     assert (first.eval_count, first.done, first.done_reason) == (12, True, "length")
     assert first.model == SMALL
     assert first.prompt_eval_count == 2  # "hello" is 5 characters, about 2 tokens
-    assert first.load_duration == 0
+    assert first.load_duration is not None and 0 < first.load_duration < 10_000_000  # warm: ms
     assert first.total_duration is not None and first.eval_duration is not None
 
 
@@ -271,7 +271,8 @@ def test_cold_load_then_warm_then_eviction(start_fleet: StartFleet, connect: Con
     assert cold.total_duration is not None and cold.total_duration >= cold.load_duration
     started = time.monotonic()
     warm = client.chat(model="a:1b", messages=user("x"), options={"num_predict": 2})
-    assert time.monotonic() - started < 0.3 and warm.load_duration == 0
+    assert time.monotonic() - started < 0.3
+    assert warm.load_duration is not None and 0 < warm.load_duration < 10_000_000
     client.chat(model="b:1b", messages=user("x"), options={"num_predict": 2})
     client.chat(model="a:1b", messages=user("x"), options={"num_predict": 2})  # b is now the LRU
     client.chat(model="c:1b", messages=user("x"), options={"num_predict": 2})

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from standins.simulator.errors import ApiError
-from standins.simulator.faults import Faults, FaultsBody
+from standins.simulator.faults import Faults, FaultsBody, changed_faults
 from standins.simulator.models import (
     MAX_NUM_CTX,
     canonical_model,
@@ -130,22 +130,7 @@ def build_app(sim: SimulatedOllama) -> Starlette:
 
     async def sim_faults(request: Request) -> Response:
         change = validated(FaultsBody, await json_object(request))
-        if change.clear:
-            sim.faults = Faults()
-        if change.fail_next is not None:
-            sim.faults.fail_next = change.fail_next
-            sim.faults.status = change.status or 500
-            sim.faults.error = change.error
-        if change.hang_next is not None:
-            sim.faults.hang_next = change.hang_next
-            wanted = change.hang_model
-            sim.faults.hang_model = canonical_model(wanted) if wanted else None
-        if change.stall_next is not None:
-            sim.faults.stall_next = change.stall_next
-            after = change.stall_after_tokens
-            sim.faults.stall_after_tokens = 1 if after is None else after
-            wanted = change.stall_model
-            sim.faults.stall_model = canonical_model(wanted) if wanted else None
+        sim.faults = changed_faults(sim.faults, change, canonical_model)
         return JSONResponse(asdict(sim.faults))
 
     async def sim_reset(request: Request) -> Response:

@@ -5,6 +5,7 @@ streams after some tokens)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,3 +39,24 @@ class Faults:
     stall_next: int = 0
     stall_after_tokens: int = 1
     stall_model: str | None = None
+
+
+def changed_faults(
+    faults: Faults, change: FaultsBody, model_name: Callable[[str], str] = str
+) -> Faults:
+    """The faults after a `/sim/faults` change; `model_name` spells a model as the server does."""
+    if change.clear:
+        faults = Faults()
+    if change.fail_next is not None:
+        faults.fail_next = change.fail_next
+        faults.status = change.status or 500
+        faults.error = change.error
+    if change.hang_next is not None:
+        faults.hang_next = change.hang_next
+        faults.hang_model = model_name(change.hang_model) if change.hang_model else None
+    if change.stall_next is not None:
+        faults.stall_next = change.stall_next
+        after = change.stall_after_tokens
+        faults.stall_after_tokens = 1 if after is None else after
+        faults.stall_model = model_name(change.stall_model) if change.stall_model else None
+    return faults

@@ -199,3 +199,25 @@ def openai_ask(body: dict[str, Any]) -> Ask:
         variant=f"{_float_option(openai.temperature, 'temperature')}/{openai.seed}",
         include_usage=bool((openai.stream_options or {}).get("include_usage")),
     )
+
+
+def llamacpp_ask(body: dict[str, Any], loaded_model: str) -> Ask:
+    """A llama-server chat request. Its `model` is not checked against anything: llama-server
+    answers with the one model it has, and names the request's `model` (as given, else its
+    own) in the answer."""
+    chat = validated(_OpenAIBody, body)
+    if not chat.messages:
+        raise ApiError(400, "'messages' is required and must not be empty")
+    max_tokens = chat.max_tokens if chat.max_tokens is not None else chat.max_completion_tokens
+    return Ask(
+        model=chat.model or loaded_model,
+        turns=[(turn.role, turn.text()) for turn in chat.messages],
+        load_only=False,
+        stream=chat.stream,
+        num_predict=_num_predict(max_tokens),
+        num_ctx=None,
+        stop=_stop_option(chat.stop),
+        keep_alive=DEFAULT_KEEP_ALIVE_S,
+        variant=f"{_float_option(chat.temperature, 'temperature')}/{chat.seed}",
+        include_usage=bool((chat.stream_options or {}).get("include_usage")),
+    )

@@ -26,6 +26,10 @@ from standins.simulator.wire import ReleasingStream, Timings, Wire
 
 log = logging.getLogger(__package__)  # the simulator logs as one: standins.simulator
 
+# Ollama reports a few milliseconds of load_duration even for a loaded model (finding its
+# runner); a cold load reports the whole load.
+WARM_LOAD_S = 0.003
+
 
 class SimulatedOllama:
     """One simulated server: installed and loaded models (LRU, expiry), slots, stats, faults."""
@@ -193,7 +197,7 @@ class SimulatedOllama:
         holding = _SlotHold(self, ask.model)
         self.in_use[ask.model] += 1
         try:
-            load_s = await self.ensure_loaded(ask.model, ask.keep_alive)
+            load_s = max(await self.ensure_loaded(ask.model, ask.keep_alive), WARM_LOAD_S)
         except BaseException:
             holding.release(completed=False)
             raise

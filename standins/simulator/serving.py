@@ -1,5 +1,5 @@
-"""Serving simulated servers: on the caller's event loop (`serve`), or from a background thread
-for tests (`SimulatorFleet`)."""
+"""Serving simulated servers of every kind (Ollama, llama-server, pool manager): on the caller's
+event loop (`serve`), or from a background thread for tests (`SimulatorFleet`)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,62 @@ import threading
 from types import TracebackType
 
 from standins.embedded_redis import free_port
-from standins.http_server import PromptServer, serve_all, uvicorn_server
+from standins.http_server import PromptServer, uvicorn_server
+from standins.simulator.llama_server import SimulatedLlamaServer
+from standins.simulator.pool import SimulatedPool
 from standins.simulator.server import SimulatedOllama
 from standins.simulator.spec import SimServerSpec
 from standins.waiting import wait_for
 
 log = logging.getLogger(__package__)  # the simulator logs as one: standins.simulator
 
+Simulated = SimulatedOllama | SimulatedLlamaServer | SimulatedPool
+
 
 def _with_port(spec: SimServerSpec) -> SimServerSpec:
     return spec if spec.port else spec.model_copy(update={"port": free_port(spec.host)})
 
 
-def _servers(specs: list[SimServerSpec]) -> tuple[dict[str, SimulatedOllama], list[PromptServer]]:
+def simulated(spec: SimServerSpec) -> Simulated:
+    """The simulated server a spec describes, not yet serving."""
+    if spec.kind == "pool":
+        return SimulatedPool(spec)
+    if spec.kind == "llamacpp":
+        return SimulatedLlamaServer(spec)
+    return SimulatedOllama(spec)
+
+
+async def _run(sim: Simulated, http: PromptServer) -> None:
+    if isinstance(sim, SimulatedOllama):
+        await http.serve()
+    else:
+        await sim.run(http)
+
+
+def _servers(specs: list[SimServerSpec]) -> tuple[dict[str, Simulated], list[PromptServer]]:
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"simulated server names must be unique: {names}")
-    sims = {spec.name: SimulatedOllama(spec) for spec in specs}
+    sims = {spec.name: simulated(spec) for spec in specs}
     servers = [uvicorn_server(sims[spec.name].app, spec.host, spec.port) for spec in specs]
     return sims, servers
+
+
+async def _serve_all(sims: dict[str, Simulated], servers: list[PromptServer]) -> None:
+    await asyncio.gather(
+        *(_run(sim, http) for sim, http in zip(sims.values(), servers, strict=True))
+    )
 
 
 async def serve(specs: list[SimServerSpec]) -> None:
     """Serve every simulated server on this event loop until cancelled (then shut down cleanly)."""
     specs = [_with_port(spec) for spec in specs]
-    _, servers = _servers(specs)
+    sims, servers = _servers(specs)
     for spec in specs:
-        log.info("server=%s serving on http://%s:%d", spec.name, spec.host, spec.port)
-    running = asyncio.ensure_future(serve_all(servers))
+        log.info(
+            "server=%s kind=%s serving on http://%s:%d", spec.name, spec.kind, spec.host, spec.port
+        )
+    running = asyncio.ensure_future(_serve_all(sims, servers))
     try:
         await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -48,7 +76,11 @@ async def serve(specs: list[SimServerSpec]) -> None:
 
 
 class SimulatorFleet:
-    """Simulated servers served from one background thread and event loop, for tests."""
+    """Simulated servers served from one background thread and event loop, for tests.
+
+    `sims[name]` is the simulated server (SimulatedOllama, SimulatedLlamaServer or
+    SimulatedPool); read its state over HTTP (`/sim/stats`), as it lives on another thread.
+    """
 
     def __init__(self, specs: list[SimServerSpec]) -> None:
         self.specs = [_with_port(spec) for spec in specs]
@@ -57,7 +89,7 @@ class SimulatorFleet:
         self._thread = threading.Thread(target=self._run, name="simulators", daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(serve_all(self._servers))
+        asyncio.run(_serve_all(self.sims, self._servers))
 
     def start(self, timeout: float = 10.0) -> SimulatorFleet:
         self._thread.start()
