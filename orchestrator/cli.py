@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,11 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="TOML settings file (else OLLAMA_CLOUD_CONFIG)")
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+class DemoBackend(StrEnum):
+    OLLAMA = "ollama"
+    LLAMACPP = "llamacpp"
 
 
 def setup_logging(level: str) -> None:
@@ -226,8 +232,12 @@ def demo(
     timeout: Annotated[
         float, typer.Option(help="With --messages: give up after this many seconds")
     ] = 300.0,
+    backend: Annotated[
+        DemoBackend,
+        typer.Option(help="Simulated Ollama servers, or llama.cpp's pool manager and server"),
+    ] = DemoBackend.OLLAMA,
 ) -> None:
-    """The whole system on this machine: local queue, embedded Redis, three simulated Macs."""
+    """The whole system on this machine: local queue, embedded Redis, simulated Macs."""
     from standins.demo import run_demo  # noqa: PLC0415
 
-    raise typer.Exit(run_demo(messages=messages, rate=rate, timeout=timeout))
+    raise typer.Exit(run_demo(messages=messages, rate=rate, timeout=timeout, backend=backend.value))

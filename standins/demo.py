@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import random
 import statistics
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -17,6 +19,7 @@ from orchestrator.domain.job import JobKind, Outcome, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.domain.servers import ServerView
 from orchestrator.site_queue import SiteQueueClient
+from standins.llamacpp import llamacpp_fleet, write_entities
 from standins.stack import LocalStack, stop_on_sigterm
 
 console = Console()
@@ -153,17 +156,25 @@ def replies_per_message(queue: SiteQueueClient, human_ids: list[str]) -> Counter
     return counts
 
 
-def run_demo(messages: int | None, rate: float, timeout: float) -> int:
-    """Live until Ctrl-C; or post `messages`, wait, report, and return 0 if each got one reply."""
-    interrupted = False
+def run_demo(messages: int | None, rate: float, timeout: float, backend: str = "ollama") -> int:
+    """Live until Ctrl-C; or post `messages`, wait, report, and return 0 if each got one reply.
+    `backend`: simulated Ollama servers, or llama.cpp's (a pool manager and a llama-server)."""
+    with tempfile.TemporaryDirectory(prefix="ollama-cloud-entities-") as entities:
+        if backend == "llamacpp":
+            what = "a simulated llama.cpp pool manager and llama-server"
+            stack = LocalStack(llamacpp_fleet(), entities_dir=write_entities(Path(entities)))
+        else:
+            what = "three simulated Macs"
+            stack = LocalStack()
+        console.print(f"[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, {what},")
+        console.print("their workers, control, beat and the bridge…")
+        return run_stack(stack, messages, rate, timeout)
 
+
+def run_stack(stack: LocalStack, messages: int | None, rate: float, timeout: float) -> int:
+    interrupted = False
     stop_on_sigterm()
-    console.print(
-        "[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, three simulated Macs,"
-    )
-    console.print("their workers, control, beat and the bridge…")
     rng = random.Random(7)
-    stack = LocalStack()
     progress = Progress(scoring=stack.jobs_per_message > 1)
     started = time.monotonic()
     try:

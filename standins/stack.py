@@ -188,7 +188,7 @@ class LocalStack:
             self.start_sim(spec.name, wait=False)
         self.wait_http(f"{self.queue_url}/api/admin/stats", auth=True)
         for spec in self.specs:
-            self.wait_http(f"{self.sim_url(spec.name)}/api/version")
+            self.wait_http(f"{self.sim_url(spec.name)}{ready_path(spec)}")
         for spec in self.specs:
             self.start_worker(spec.name, wait=False)
         self.start_control()
