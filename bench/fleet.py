@@ -16,6 +16,16 @@ blind to capacity and speed. Prints one JSON object as its last line:
                   a backlog existed), wait_ms_p50 / wait_ms_p95 (claim to generation start),
                   cold_loads, refused_full (requests a full server turned away)
   ours_over_yardstick, cold_loads_over_yardstick, speedup_vs_random
+
+    python bench/fleet.py --backend llamacpp [--messages 300]
+
+The same on llama.cpp as the site's operator runs it: one Mac whose pool manager runs at most
+24 model servers (one slot each) over 60 models, started cold on demand and evicted least
+recently used; the messages' personas chosen with Zipf popularity. Each policy also reports
+evictions, busy_evictions (a server stopped in the middle of a reply) and wrong_model_replies.
+Its lower bound is the larger of: the busiest model's one slot doing its jobs back to back
+after one cold start; and every job plus one cold start of each model used, spread over all
+24 servers.
 With --servers N, also: route_ms_p99 (reading the fleet and deciding, with N servers) and
 bridge_rss_mb (the bridge's resident memory while it routes over N known servers).
 """
@@ -35,6 +45,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -56,12 +67,20 @@ from orchestrator.entity_folder import load_entities
 from orchestrator.state.fleet import Fleet
 from standins import SAMPLE_ENTITIES_DIR
 from standins.simulator import SimServerSpec
-from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
+from standins.stack import LocalStack, stop_on_sigterm, wait_quiet, worker_capacity
 from workers.contract.keys import Keys
 from workers.contract.server_record import ServerRecord
 from workers.heartbeat import write_record
 
 POLICIES = ("soonest", "yardstick", "random", "least_inflight")
+# The operator's pool (operator.md, section 7): 24 model servers at most over 60 models, one
+# slot each; cold starts of a few seconds; popularity skewed as on a chat site (Zipf).
+POOL_MODELS = 60
+POOL_MAX_SERVERS = 24
+POOL_TOKENS_PER_S = 80.0
+POOL_LOAD_S = 2.0
+POOL_REPLY_TOKENS = 40
+ZIPF_S = 1.0
 PHANTOM_TTL_S = 3600  # servers registered by hand live through the run
 
 
@@ -146,48 +165,149 @@ def true_facts(specs: list[SimServerSpec]) -> dict[str, Any]:
     }
 
 
-def run_policy(policy: str, messages: list[NewMessage], phantoms: int) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """One fleet to route over: its servers, the entities whose messages it answers, and what
+    the yardstick is told of it."""
+
+    specs: list[SimServerSpec]
+    entities_dir: Path = SAMPLE_ENTITIES_DIR
+    facts: dict[str, Any] = field(default_factory=dict)
+    worker_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> int:
+        return sum(worker_capacity(spec) for spec in self.specs)
+
+
+def ollama_setup() -> Setup:
     specs = heterogeneous_fleet()
+    return Setup(
+        specs,
+        facts=true_facts(specs),
+        worker_env={
+            spec.name: {"OLLAMA_CLOUD_REGION": REGIONS.get(spec.name, "eu")} for spec in specs
+        },
+    )
+
+
+def run_policy(
+    policy: str, messages: list[NewMessage], setup: Setup, phantoms: int = 0
+) -> dict[str, Any]:
     env = {"OLLAMA_CLOUD_ROUTING_POLICY": policy, "OLLAMA_CLOUD_EQ_ENABLED": "false"}
-    facts_dir = tempfile.TemporaryDirectory(prefix="fleet-facts-")
-    if policy == "yardstick":
-        facts_file = Path(facts_dir.name) / "facts.json"
-        facts_file.write_text(json.dumps(true_facts(specs)))
-        env["OLLAMA_CLOUD_ROUTING_FACTS_FILE"] = str(facts_file)
-    if policy not in ("soonest", "yardstick"):
-        # These overfill servers on purpose, so tasks wait in a server's queue for minutes:
-        # not a lost task to be sent again, as it would be under our router.
-        env["OLLAMA_CLOUD_START_LOST_AFTER_S"] = "3600"
-    regions = {spec.name: {"OLLAMA_CLOUD_REGION": REGIONS.get(spec.name, "eu")} for spec in specs}
-    with LocalStack(specs, extra_env=env, worker_env=regions) as stack:
-        register_phantoms(stack, phantoms)
-        with stack.queue_client() as queue:
-            for message in messages:
-                queue.post_comment(message)
-        wait_quiet(stack, expected=len(messages), timeout=1800)
-        jobs = stack.ledger.get_many([str(m.id) for m in messages])
-        stats = [sim_stats(stack.sim_url(spec.name)) for spec in stack.specs]
-        rss_mb = bridge_rss_mb(stack)
-    facts_dir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="fleet-facts-") as facts_dir:
+        if policy == "yardstick":
+            facts_file = Path(facts_dir) / "facts.json"
+            facts_file.write_text(json.dumps(setup.facts))
+            env["OLLAMA_CLOUD_ROUTING_FACTS_FILE"] = str(facts_file)
+        if policy not in ("soonest", "yardstick"):
+            # These overfill servers on purpose, so tasks wait in a server's queue for minutes:
+            # not a lost task to be sent again, as it would be under our router.
+            env["OLLAMA_CLOUD_START_LOST_AFTER_S"] = "3600"
+        with LocalStack(
+            setup.specs,
+            entities_dir=setup.entities_dir,
+            extra_env=env,
+            worker_env=setup.worker_env,
+        ) as stack:
+            register_phantoms(stack, phantoms)
+            with stack.queue_client() as queue:
+                for message in messages:
+                    queue.post_comment(message)
+            wait_quiet(stack, expected=len(messages), timeout=1800)
+            jobs = stack.ledger.get_many([str(m.id) for m in messages])
+            stats = [sim_stats(stack.sim_url(spec.name)) for spec in stack.specs]
+            rss_mb = bridge_rss_mb(stack)
     if None in stats:
         raise RuntimeError(f"{policy}: a simulated server did not give its stats")
     answered = [job for job in jobs if job.outcome == "answered"]
     if len(answered) != len(messages):
         raise RuntimeError(f"{policy}: {len(answered)} of {len(messages)} answered")
     waits = [((job.started_at or 0.0) - job.claimed_at) * 1000 for job in answered]
-    return {
+    result = {
         "makespan_s": round(
             max(job.finished_at or 0.0 for job in answered) - min(j.claimed_at for j in answered),
             2,
         ),
-        "utilization": round(utilization(answered, sum(s.parallel for s in specs)), 3),
+        "utilization": round(utilization(answered, setup.slots), 3),
         "wait_ms_p50": round(statistics.median(waits)),
         "wait_ms_p95": round(percentile(waits, 0.95)),
-        "cold_loads": sum(int(entry["cold_loads"]) for entry in stats),
-        "refused_full": sum(int(entry["refused_full"]) for entry in stats),
+        # A pool's cold start is its model's load.
+        "cold_loads": sum(
+            int(entry.get("cold_loads", entry.get("cold_starts", 0))) for entry in stats
+        ),
+        "refused_full": sum(int(entry.get("refused_full", 0)) for entry in stats),
+        "attempts_failed": sum(len(job.failures) for job in answered),
         "per_server": dict(sorted(Counter(job.server_id or "-" for job in answered).items())),
         "bridge_rss_mb": rss_mb,
     }
+    if any(spec.kind == "pool" for spec in setup.specs):
+        result["evictions"] = sum(int(entry.get("evictions", 0)) for entry in stats)
+        result["busy_evictions"] = sum(int(entry.get("busy_evictions", 0)) for entry in stats)
+        result["wrong_model_replies"] = sum(int(entry.get("mismatched", 0)) for entry in stats)
+    return result
+
+
+def pool_entity(index: int) -> str:
+    return f"persona-{index:02d}"
+
+
+def pool_setup(entities_dir: Path) -> Setup:
+    """One Mac with the operator's pool manager over 60 models, entities named as their
+    llama.cpp files name them (`baseModel` and `defaultQuantization`)."""
+    keys = []
+    for index in range(POOL_MODELS):
+        name = pool_entity(index)
+        fields = {
+            "id": name,
+            "username": name,
+            "baseModel": name,
+            "defaultQuantization": "f16",
+            "systemPrompt": "Be brief.",
+            "max_tokens": POOL_REPLY_TOKENS,
+        }
+        (entities_dir / f"{name}.json").write_text(json.dumps(fields))
+        keys.append(f"{name}-f16")
+    spec = SimServerSpec(
+        name="studio-pool", kind="pool", models=keys, max_servers=POOL_MAX_SERVERS,
+        tokens_per_second=POOL_TOKENS_PER_S, load_seconds=POOL_LOAD_S,
+    )  # fmt: skip
+    facts = {
+        spec.name: {
+            "max_loaded": POOL_MAX_SERVERS,
+            "models": {
+                key: {"tokens_per_s": POOL_TOKENS_PER_S, "load_s": POOL_LOAD_S} for key in keys
+            },
+        }
+    }
+    return Setup([spec], entities_dir=entities_dir, facts=facts)
+
+
+def pool_burst(count: int, seed: int = 11) -> list[NewMessage]:
+    """Messages for the 60 personas, the n-th most popular chosen in proportion to 1/n."""
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) ** ZIPF_S for rank in range(POOL_MODELS)]
+    chosen = rng.choices(range(POOL_MODELS), weights=weights, k=count)
+    return [
+        chat_message(f"pool-{index}", f"burst question {index}", pool_entity(persona))
+        for index, persona in enumerate(chosen)
+    ]
+
+
+def pool_lower_bound_s(messages: list[NewMessage]) -> float:
+    """No schedule beats either of: every model's one slot running its own jobs back to back
+    after one cold start; or the pool's servers, all busy, doing every job and one cold start
+    of each model used."""
+    jobs = Counter(str(message.bot_params.entity) for message in messages if message.bot_params)
+    job_s = POOL_REPLY_TOKENS / POOL_TOKENS_PER_S
+    busiest = POOL_LOAD_S + max(jobs.values()) * job_s
+    all_busy = (sum(jobs.values()) * job_s + len(jobs) * POOL_LOAD_S) / POOL_MAX_SERVERS
+    return max(busiest, all_busy)
+
+
+def cold_loads(stats: dict[str, Any]) -> int:
+    """A simulated server's cold loads; a pool's cold starts are its models' loads."""
+    return int(stats.get("cold_loads", stats.get("cold_starts", 0)))
 
 
 def register_phantoms(stack: LocalStack, count: int) -> None:
@@ -258,17 +378,36 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--servers", type=int, default=0, help="also measure with N servers")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--backend",
+        choices=("ollama", "llamacpp"),
+        default="ollama",
+        help="llamacpp: the operator's pool manager, 24 servers at most over 60 models",
+    )
     args = parser.parse_args()
     stop_on_sigterm()
-    messages = burst(args.messages)
+    with tempfile.TemporaryDirectory(prefix="fleet-entities-") as entities_dir:
+        if args.backend == "llamacpp":
+            setup = pool_setup(Path(entities_dir))
+            messages = pool_burst(args.messages)
+            bound = pool_lower_bound_s(messages)
+        else:
+            setup = ollama_setup()
+            messages = burst(args.messages)
+            bound = lower_bound_s(messages, setup.specs)
+        run_all(args, setup, messages, bound)
+
+
+def run_all(args: Any, setup: Setup, messages: list[NewMessage], bound: float) -> None:
     report: dict[str, Any] = {
+        "backend": args.backend,
         "messages": len(messages),
-        "lower_bound_s": round(lower_bound_s(messages, heterogeneous_fleet()), 2),
+        "lower_bound_s": round(bound, 2),
         "policies": {},
     }
-    phantoms = max(0, args.servers - len(heterogeneous_fleet()))
+    phantoms = max(0, args.servers - len(setup.specs))
     for policy in args.policies.split(","):
-        result = run_policy(policy, messages, phantoms)
+        result = run_policy(policy, messages, setup, phantoms)
         name = "ours" if policy == "soonest" else policy
         report["policies"][name] = result
         print(name, json.dumps(result), file=sys.stderr, flush=True)

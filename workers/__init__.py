@@ -3,7 +3,15 @@
 Imports nothing from `orchestrator`; installs alone.
 """
 
-from workers.backends.ollama import OllamaClient
+from workers.backends import (
+    Backend,
+    Inventory,
+    ModelServersBackend,
+    OllamaClient,
+    OpenAIBackend,
+    PoolBackend,
+    build_backend,
+)
 from workers.contract.job import JobState
 from workers.contract.keys import Keys
 from workers.contract.protocol import (
@@ -16,6 +24,7 @@ from workers.contract.protocol import (
 )
 from workers.contract.server_record import ServerRecord
 from workers.errors import (
+    BackendError,
     ContextOverflow,
     GenerationTimeout,
     ModelMissing,
@@ -28,6 +37,8 @@ from workers.settings import WorkerSettings
 from workers.version import __version__
 
 __all__ = [
+    "Backend",
+    "BackendError",
     "ChatOutcome",
     "ChatRequest",
     "ChatTurn",
@@ -36,15 +47,20 @@ __all__ = [
     "GenerateJob",
     "GenerateResult",
     "GenerationTimeout",
+    "Inventory",
     "JobState",
     "Keys",
     "ModelMissing",
+    "ModelServersBackend",
     "OllamaClient",
     "OllamaError",
+    "OpenAIBackend",
+    "PoolBackend",
     "ServerBusy",
     "ServerError",
     "ServerRecord",
     "ServerUnavailable",
     "WorkerSettings",
     "__version__",
+    "build_backend",
 ]

@@ -56,8 +56,9 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self.thread = HeartbeatThread(rt, capacity, self.booted_at)
         self.thread.start()
         log.info(
-            "server=%s worker up: ollama=%s capacity=%d", server_id, settings.ollama_url, capacity
-        )
+            "server=%s worker up: %s=%s capacity=%d",
+            server_id, rt.backend.kind, rt.backend.address, capacity,
+        )  # fmt: skip
 
     def stop(self, worker: Any) -> None:
         if self.thread is not None:

@@ -11,9 +11,10 @@ import time
 
 import redis
 
+from workers.backends.base import Inventory
 from workers.contract.keys import Keys
 from workers.contract.server_record import ServerRecord
-from workers.errors import OllamaError
+from workers.errors import BackendError
 from workers.runtime import WorkerRuntime
 from workers.version import __version__
 
@@ -23,31 +24,38 @@ log = logging.getLogger(__name__)
 def server_record(
     rt: WorkerRuntime, capacity: int, known_models: list[str] | None = None
 ) -> ServerRecord:
-    """Ask Ollama what it has, and describe this server as the fleet registry stores it. While
-    Ollama does not answer, the models it last listed stay in the record (marked unhealthy),
-    so work for them waits for it rather than being given up."""
+    """Ask the backend what it has, and describe this server as the fleet registry stores it.
+    While the backend does not answer, the models it last listed stay in the record (marked
+    unhealthy), so work for them waits for it rather than being given up."""
+    backend = rt.backend
     try:
-        installed = rt.ollama.installed_models()
-        loaded = rt.ollama.loaded_models()
-        rt.note_loaded(loaded)
-        healthy = True
-    except OllamaError as exc:
-        log.debug("server=%s ollama not answering: %s", rt.server_id, exc)
-        installed, loaded, healthy = list(known_models or []), [], False
+        inventory = backend.inventory()
+    except BackendError as exc:
+        log.debug("server=%s %s not answering: %s", rt.server_id, backend.kind, exc)
+        inventory = Inventory(models=list(known_models or []), healthy=False)
+    if inventory.healthy:
+        rt.note_loaded(inventory.loaded)
     settings = rt.settings
     return ServerRecord(
         id=rt.server_id,
-        ollama_url=settings.ollama_url,
+        ollama_url=backend.address,
         location=settings.location,
         region=settings.region,
         priority=settings.priority,
         capacity=capacity,
-        models=installed,
-        loaded=loaded,
-        ollama_healthy=healthy,
+        models=inventory.models,
+        loaded=inventory.loaded,
+        ollama_healthy=inventory.healthy,
         worker_version=__version__,
         client_name=rt.keys.worker_client(rt.server_id),
         beat_interval_s=settings.heartbeat_interval_s,
+        backend=backend.kind,
+        model_slots=inventory.model_slots,
+        max_loaded=inventory.max_loaded,
+        loading=inventory.loading,
+        tokens_per_s=inventory.tokens_per_s,
+        load_s=inventory.load_s,
+        context=inventory.context,
     )
 
 
@@ -94,10 +102,11 @@ class HeartbeatThread(threading.Thread):
         if record.ollama_healthy != self._was_healthy:
             log.log(
                 logging.INFO if record.ollama_healthy else logging.WARNING,
-                "server=%s ollama %s at %s",
+                "server=%s %s %s at %s",
                 self.rt.server_id,
+                record.backend,
                 "answering" if record.ollama_healthy else "NOT answering",
-                self.rt.settings.ollama_url,
+                record.ollama_url,
             )
             # A server that just came up (or back) may be what a waiting bridge needs.
             self.rt.redis.publish(self.rt.keys.slot_events, f"server:{self.rt.server_id}")

@@ -1,5 +1,5 @@
-"""What a running worker holds: its settings, its server id, its Ollama client, Redis and its
-steps on the ledger."""
+"""What a running worker holds: its settings, its server id, its backend (Ollama, or
+OpenAI-compatible servers), Redis and its steps on the ledger."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers.backends.ollama import OllamaClient
+from workers.backends.base import Backend
+from workers.backends.build import build_backend
 from workers.contract.attempts import AttemptLedger
 from workers.contract.keys import Keys
 from workers.contract.model_names import model_key
@@ -26,9 +27,9 @@ class WorkerRuntime:
     server_id: str
     keys: Keys
     redis: redis.Redis
-    ollama: OllamaClient
+    backend: Backend
     attempts: AttemptLedger
-    # What the heartbeat last saw loaded (/api/ps), and each model's prompt speed here.
+    # What the heartbeat last saw loaded (not loading), and each model's prompt speed here.
     loaded: frozenset[str] = frozenset()
     prompt_tokens_per_s: dict[str, float] = field(default_factory=dict)
 
@@ -50,24 +51,21 @@ class WorkerRuntime:
             keys=keys,
             redis=client,
             attempts=AttemptLedger(client, keys),
-            ollama=OllamaClient(
-                settings.ollama_url,
-                connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.read_timeout_s,
-            ),
+            backend=build_backend(settings, server_id),
         )
 
     def close(self) -> None:
-        self.ollama.close()
+        self.backend.close()
         self.redis.close()
 
     def note_loaded(self, models: list[str]) -> None:
         self.loaded = frozenset(model_key(name) for name in models)
 
     def first_token_allowance(self, request: ChatRequest) -> float:
-        """How long the first token may take. A model that must be loaded first may take the
-        whole read allowance (a cold load of minutes is not a hang); a loaded one, a little
-        more than its prompt takes here."""
+        """How long the first token may take. A model that must be loaded first (a model
+        server still loading, a pool's model not started) may take the whole read allowance (a
+        cold load of minutes is not a hang); a loaded one, a little more than its prompt takes
+        here."""
         model = model_key(request.model)
         if model not in self.loaded:
             return self.settings.read_timeout_s
@@ -76,14 +74,15 @@ class WorkerRuntime:
         prompt_s = PROMPT_ALLOWANCE_FACTOR * prompt_tokens / speed
         return min(self.settings.read_timeout_s, self.settings.first_token_timeout_s + prompt_s)
 
-    def chat(self, request: ChatRequest) -> ChatOutcome:
-        """One chat request on this server's Ollama, within its allowances."""
+    def chat(self, request: ChatRequest, job_id: str = "") -> ChatOutcome:
+        """One chat request on this server's backend, within its allowances."""
         settings = self.settings
-        outcome = self.ollama.chat(
+        outcome = self.backend.chat(
             request,
             first_token_s=self.first_token_allowance(request),
             stall_s=settings.stall_timeout_s,
             max_reply_bytes=settings.max_reply_bytes,
+            job_id=job_id,
         )
         timings = outcome.timings
         if timings.prompt_eval_count >= 32 and timings.prompt_eval_ms > 0:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+from pydantic_settings import NoDecode
 
 from workers.contract.settings import CelerySettings
+
+BackendKind = Literal["ollama", "openai", "models", "pool"]
+# In a per-model setting, the entry for every model not named (the pool's PARALLEL_SLOTS way).
+DEFAULT_ENTRY = "default"
 
 
 class WorkerSettings(CelerySettings):
@@ -13,8 +21,44 @@ class WorkerSettings(CelerySettings):
     server_id: str | None = Field(
         default=None, description="Server id; defaults to the queue given with -Q"
     )
+    backend: BackendKind = Field(
+        default="ollama",
+        description="What the worker talks to: ollama (Ollama's API at ollama_url), openai (one "
+        "OpenAI-compatible server at model_server_url, e.g. llama-server), models (one such "
+        "server per model, model_map) or pool (a llama-server pool manager at pool_url)",
+    )
     ollama_url: str = Field(
         default="http://127.0.0.1:11434", description="This server's Ollama (http://host:port)"
+    )
+    max_loaded_models: int = Field(
+        default=0, ge=0, description="Most models Ollama keeps loaded at once (0: unknown)"
+    )
+    model_server_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The OpenAI-compatible server of the openai backend (http://host:port)",
+    )
+    model_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="The models backend's servers: model=http://host:port, comma-separated, "
+        "or a JSON object",
+    )
+    pool_url: str = Field(
+        default="http://127.0.0.1:9000", description="The pool manager of the pool backend"
+    )
+    pool_start_timeout_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="How long the pool may take to start a model's server (its own wait)",
+    )
+    model_slots: Annotated[dict[str, PositiveInt], NoDecode] = Field(
+        default_factory=dict,
+        description="Parallel slots per model where its server does not tell (model=n, "
+        "comma-separated, or JSON; 'default' for the rest). The pool's servers have 1",
+    )
+    model_context: Annotated[dict[str, PositiveInt], NoDecode] = Field(
+        default_factory=dict,
+        description="Tokens of context per slot, per model, where its server does not tell "
+        "(model=n, comma-separated, or JSON; 'default' for the rest)",
     )
     location: str = Field(default="", description="Where the server is, for people")
     region: str = Field(default="", description="Region, for routing preference")
@@ -45,3 +89,30 @@ class WorkerSettings(CelerySettings):
         ge=1024,
         description="A model's reply longer than this is cut off and the attempt failed",
     )
+
+    @field_validator("model_map", "model_slots", "model_context", mode="before")
+    @classmethod
+    def _per_model(cls, value: object) -> object:
+        """`a=1,b=2` or a JSON object, from the environment; a mapping as it is."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            return json.loads(text)
+        entries: dict[str, str] = {}
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            name, equals, setting = item.partition("=")
+            if not equals or not name.strip() or not setting.strip():
+                raise ValueError(f"expected model=value, got {item.strip()!r}")
+            entries[name.strip()] = setting.strip()
+        return entries
+
+
+def per_model(table: dict[str, int], model: str) -> int | None:
+    """A per-model setting's value for `model`: its own entry, else the default entry, else
+    None."""
+    return table.get(model, table.get(DEFAULT_ENTRY))

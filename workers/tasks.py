@@ -1,4 +1,4 @@
-"""The one task a server's worker runs: a chat request against its own Ollama, whose result it
+"""The one task a server's worker runs: a chat request against its own backend, whose result it
 sends to `deliver` on `control` (and keeps on the job until it is delivered)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from workers.contract.protocol import (
     GenerateJob,
     GenerateResult,
 )
-from workers.errors import OllamaError
+from workers.errors import BackendError
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,11 @@ def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
 
 def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcome:
     try:
-        return rt.chat(request)
-    except OllamaError as exc:
-        log.warning("job=%s server=%s ollama %s: %s", job_id, rt.server_id, exc.kind, exc)
+        return rt.chat(request, job_id)
+    except BackendError as exc:
+        log.warning(
+            "job=%s server=%s %s %s: %s", job_id, rt.server_id, rt.backend.kind, exc.kind, exc
+        )
         return ChatOutcome(ok=False, error_kind=exc.kind, error=str(exc))
     except Exception as exc:  # a worker task must always hand a result to delivery
         log.exception("job=%s server=%s unexpected error", job_id, rt.server_id)

@@ -1,14 +1,15 @@
-"""A small Ollama client for the worker: one chat call, tags, ps; errors mapped to ours once."""
+"""The Ollama backend: a small client of Ollama's own API (one chat call, tags, ps), its errors
+mapped to ours once."""
 
 from __future__ import annotations
 
 import json
 import time
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
+from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import (
     BadRequest,
@@ -24,11 +25,13 @@ from workers.errors import (
 
 NS_PER_MS = 1_000_000
 ERROR_BODY_BYTES = 4096
-MAX_REPLY_BYTES = 1024 * 1024
+COLD_LOAD_MS = 1000.0  # a load_duration this long was a model load, not a warm lookup
 
 
-class OllamaClient:
+class OllamaClient(Backend):
     """Talks to one Ollama server; the transport seam lets bytes travel another way (SSH)."""
+
+    kind: ClassVar[str] = "ollama"
 
     def __init__(
         self,
@@ -38,8 +41,11 @@ class OllamaClient:
         read_timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
+        max_loaded: int = 0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_loaded = max_loaded
+        self.measures = Measures()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._http = httpx.Client(
@@ -49,19 +55,12 @@ class OllamaClient:
             limits=httpx.Limits(max_connections=max_connections),
         )
 
+    @property
+    def address(self) -> str:
+        return self.base_url
+
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> OllamaClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def chat(
         self,
@@ -70,6 +69,7 @@ class OllamaClient:
         first_token_s: float | None = None,
         stall_s: float | None = None,
         max_reply_bytes: int = MAX_REPLY_BYTES,
+        job_id: str = "",
     ) -> ChatOutcome:
         """Run one chat request, streamed; raises an OllamaError subclass when there is no
         answer. Ollama sends nothing, not even its headers, before the first token: that wait
@@ -101,18 +101,29 @@ class OllamaClient:
             raise GenerationTimeout(f"{self.base_url}: no answer in {first_token_s:g}s") from exc
         except httpx.HTTPError as exc:
             raise _transport_error(self.base_url, exc) from exc
-        return ChatOutcome(
-            ok=True,
-            text=text,
-            timings=ChatTimings(
-                wall_ms=(time.monotonic() - started) * 1000,
-                total_ms=_ms(final.get("total_duration")),
-                load_ms=_ms(final.get("load_duration")),
-                prompt_eval_count=_count(final.get("prompt_eval_count")),
-                prompt_eval_ms=_ms(final.get("prompt_eval_duration")),
-                eval_count=_count(final.get("eval_count")),
-                eval_ms=_ms(final.get("eval_duration")),
-            ),
+        timings = ChatTimings(
+            wall_ms=(time.monotonic() - started) * 1000,
+            total_ms=_ms(final.get("total_duration")),
+            load_ms=_ms(final.get("load_duration")),
+            prompt_eval_count=_count(final.get("prompt_eval_count")),
+            prompt_eval_ms=_ms(final.get("prompt_eval_duration")),
+            eval_count=_count(final.get("eval_count")),
+            eval_ms=_ms(final.get("eval_duration")),
+        )
+        self.measures.note_reply(request.model, timings)
+        if timings.load_ms >= COLD_LOAD_MS:
+            self.measures.note_load(request.model, timings.load_ms / 1000)
+        return ChatOutcome(ok=True, text=text, timings=timings)
+
+    def inventory(self) -> Inventory:
+        """Ollama's installed (`/api/tags`) and loaded (`/api/ps`) models; its slots are
+        shared by every model, so none are a model's own."""
+        return Inventory(
+            models=self.installed_models(),
+            loaded=self.loaded_models(),
+            max_loaded=self.max_loaded,
+            tokens_per_s=self.measures.tokens_per_s(),
+            load_s=self.measures.load_s(),
         )
 
     def installed_models(self, timeout: float = 2.0) -> list[str]:

@@ -5,9 +5,14 @@ loaded (its worker); each is still sent to a server as it was written."""
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_TAG = "latest"
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
+# A quantization at the end of a .gguf file's name, after the `_` that stands for its `-`.
+_QUANT_SUFFIX = re.compile(r"_((?:b?f\d+)|(?:i?q\d\w*))$", re.IGNORECASE)
+_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
 
 def model_key(name: str) -> str:
@@ -25,3 +30,20 @@ def model_key(name: str) -> str:
     if len(parts) == 2 and parts[0] == DEFAULT_NAMESPACE:
         parts = parts[1:]
     return f"{'/'.join(parts)}:{tag}"
+
+
+def served_model_name(served: str) -> str:
+    """The name a llama-server's model goes by: its alias as it is; for a path, the pool's
+    folder convention (`/models/the-eternal-f16/the-eternal_f16.gguf` → `the-eternal-f16`):
+    the folder's name when the file is named after it, else the file's, its `_<quant>` made
+    `-<quant>`."""
+    text = served.strip()
+    if not text.lower().endswith(".gguf"):
+        return text
+    parts = re.split(r"[\\/]", text)
+    stem = _SHARD_SUFFIX.sub("", parts[-1][: -len(".gguf")])
+    folder = parts[-2] if len(parts) >= 2 else ""
+    if folder and folder.replace("-", "_").lower() == stem.replace("-", "_").lower():
+        return folder
+    quant = _QUANT_SUFFIX.search(stem)
+    return f"{stem[: quant.start()]}-{quant.group(1)}" if quant else stem
