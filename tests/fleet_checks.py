@@ -12,6 +12,7 @@ import httpx
 from orchestrator.domain.job import Job, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.state.ledger import Ledger
+from standins.simulator import SimServerSpec
 from standins.stack import LocalStack
 from standins.waiting import wait_for
 
@@ -19,21 +20,26 @@ _ids = itertools.count()
 
 
 def post(
-    stack: LocalStack, count: int, *, context: list[str] | None = None, entity: str | None = None
+    stack: LocalStack,
+    count: int,
+    *,
+    context: list[str] | None = None,
+    entity: str | None = None,
+    text: str = "",
 ) -> list[str]:
     ids = []
     with stack.queue_client() as queue:
         for _ in range(count):
             message_id = f"rel-{next(_ids)}"
-            entity = entity or ("the-eternal" if len(ids) % 2 else "the-critic")
+            chosen = entity or ("the-eternal" if len(ids) % 2 else "the-critic")
             queue.post_comment(
                 NewMessage(
                     id=message_id,
-                    text=f"question {message_id}",
+                    text=text or f"question {message_id}",
                     username="ada",
                     color="080150227",
                     context=context or ["bo: hello", "ada: hi bo"],
-                    botParams=BotParams(entity=entity, humanUsername="ada"),
+                    botParams=BotParams(entity=chosen, humanUsername="ada"),
                 )
             )
             ids.append(message_id)
@@ -86,13 +92,27 @@ def assert_answered_once(stack: LocalStack, ids: list[str], timeout: float = 60)
     # The simulated scorer answers `Score: N` with N in 1..100: applied once, not twice.
     scores = {message_id: everything[message_id].get("eqScore", 0) for message_id in ids}
     assert all(1 <= score <= 100 for score in scores.values()), scores
-    # No server was sent more than its slots (the simulator refuses past them).
     for spec in stack.specs:
         if stack.processes[f"sim-{spec.name}"].running:
-            stats = sim_stats(stack, spec.name)
-            assert stats["refused_full"] == 0, spec.name
-            assert stats["max_active"] <= spec.parallel, spec.name
+            assert_within_slots(spec, sim_stats(stack, spec.name))
     return finished
+
+
+def assert_within_slots(spec: SimServerSpec, stats: dict[str, Any]) -> None:
+    """No server, and no model server of a pool, was sent more than its slots; no reply came
+    from a model other than the one asked for."""
+    if spec.kind == "pool":
+        assert stats["mismatched"] == 0, stats["generations"]
+        assert not any(stats["max_queued_per_model"].values()), stats["max_queued_per_model"]
+        for model, active in stats["max_active_per_model"].items():
+            assert active <= spec.slot_count(model), (model, active)
+        return
+    if spec.kind == "llamacpp":
+        assert stats["mismatched"] == 0, stats["generations"]
+        assert stats["max_queued"] == 0, spec.name
+    else:  # Ollama: it refuses past its slots and queue
+        assert stats["refused_full"] == 0, spec.name
+    assert stats["max_active"] <= spec.parallel, spec.name
 
 
 def sim_stats(stack: LocalStack, server: str) -> dict[str, Any]:

@@ -541,7 +541,9 @@ def test_spec_text_of_a_llama_server_and_a_pool() -> None:
     )
     assert (pooled.slot_count(SCORER), pooled.slot_count(ETERNAL)) == (10, 1)
     assert (pooled.load_seconds_of(ETERNAL), pooled.load_seconds_of(SCORER)) == (12.6, 2.5)
-    for spec in (single, pooled, parse_server_spec("name=o,models=llama3.2:3b,parallel=2")):
+    four = SimServerSpec(name="l4", kind="llamacpp", models=[SCORER], parallel=4)
+    ollama = parse_server_spec("name=o,models=llama3.2:3b,parallel=2")
+    for spec in (single, pooled, ollama, four):  # four: the Ollama default, not llamacpp's
         assert parse_server_spec(format_server_spec(spec)) == spec
     assert parse_server_spec(f"name=p,kind=pool,models={ETERNAL}").slots == {SCORER: 10}
 

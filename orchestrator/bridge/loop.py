@@ -176,6 +176,7 @@ class Bridge:
         self._queue_backoff_s = 0.0
         message = claimed.message
         self.placement.site_backlog = claimed.remaining_pending if message is not None else 0
+        self.placement.site_backlog_at = time.monotonic()
         if message is None or claimed.remaining_pending == 0:
             # Nothing else pending: whatever is claimed next was posted after this.
             self._nothing_pending_ms = asked_ms

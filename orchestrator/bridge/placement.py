@@ -27,6 +27,8 @@ UNBOUNDED = 1_000_000  # the capacity a policy that overfills servers reserves a
 FLEET_RECORDS_MAX_AGE_S = 0.25
 RESERVE_TRIES = 3
 RECENT_MODELS = 200
+# The site's backlog counts for a model's expected work while the bridge has heard of it lately.
+SITE_BACKLOG_FRESH_S = 5.0
 
 
 class FleetCache:
@@ -67,6 +69,7 @@ class Placement:
         self.fleet_cache = fleet_cache
         self.waiting: list[ReadyJob] = []
         self.site_backlog = 0  # messages the site queue still holds, as of the last claim
+        self.site_backlog_at = 0.0  # when that was (monotonic)
         # The models of the jobs claimed lately: the site's backlog is taken to be like them.
         self.recent_models: deque[str] = deque(maxlen=RECENT_MODELS)
         self._planned_for: list[ServerView] | None = None
@@ -225,7 +228,8 @@ class Placement:
         counts: dict[str, float] = {}
         for ready in self.waiting:
             counts[ready.model] = counts.get(ready.model, 0.0) + 1
-        if self.site_backlog and self.recent_models:
+        fresh = time.monotonic() - self.site_backlog_at < SITE_BACKLOG_FRESH_S
+        if fresh and self.site_backlog and self.recent_models:
             share = self.site_backlog / len(self.recent_models)
             for model in self.recent_models:
                 counts[model] = counts.get(model, 0.0) + share

@@ -258,8 +258,11 @@ class Planner:
         victim = plan.loaded[0]
         if plan.busy[victim]:
             return None
+        # Nor the model with the most work waiting: its jobs are placed first (the job asking
+        # counts for its own model).
         victim_work = self.backlog_of(victim)
-        if victim_work > 0 and victim_work >= max(self.backlog_of(m) for m in plan.loaded):
+        others = [self.backlog_of(name) for name in plan.loaded[1:]]
+        if victim_work > max([self.backlog_of(model) + 1, *others]):
             return None
         return victim
 

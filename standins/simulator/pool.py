@@ -333,15 +333,19 @@ class SimulatedPool:
             name: value for name, value in vars(self.stats).items() if not isinstance(value, dict)
         }
         max_active: dict[str, int] = {}
+        max_queued: dict[str, int] = {}
         generations: Counter[tuple[str, str]] = Counter()
         for llama in self._llamas:
             max_active[llama.model] = max(max_active.get(llama.model, 0), llama.stats.max_active)
+            max_queued[llama.model] = max(max_queued.get(llama.model, 0), llama.stats.max_queued)
             generations.update(llama.stats.generations)
         return {
             **counts,
             "cold_starts_per_model": dict(self.stats.cold_starts_per_model),
             "servers_started_per_model": dict(self.stats.servers_started_per_model),
             "max_active_per_model": max_active,
+            # Requests a model's server held waiting for a slot: more than its slots at once.
+            "max_queued_per_model": max_queued,
             "running_servers": self.running(),
             "pool_size": len(self.table),
             "starting": len(self.starting),

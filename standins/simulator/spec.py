@@ -202,7 +202,8 @@ def format_server_spec(spec: SimServerSpec) -> str:
     """The text `parse_server_spec` reads back as `spec`: name, models and what differs from
     the defaults."""
     given = spec.model_dump(exclude_defaults=True)
-    given.update(name=spec.name, models=spec.models)
+    # parallel too: its default depends on the kind.
+    given.update(name=spec.name, models=spec.models, parallel=spec.parallel)
     parts = []
     for key, field in SPEC_KEYS.items():
         if field not in given:

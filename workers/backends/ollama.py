@@ -130,7 +130,15 @@ class OllamaClient(Backend):
         return _model_names(self._call("GET", "/api/tags", timeout=timeout))
 
     def loaded_models(self, timeout: float = 2.0) -> list[str]:
-        return _model_names(self._call("GET", "/api/ps", timeout=timeout))
+        """Least recently used first: the first to expire (each use renews its keep-alive),
+        as Ollama unloads them."""
+        answer = self._call("GET", "/api/ps", timeout=timeout)
+        expiry = {
+            str(entry.get("name") or entry.get("model")): str(entry.get("expires_at") or "")
+            for entry in answer.get("models") or []
+            if isinstance(entry, dict)
+        }
+        return sorted(_model_names(answer), key=lambda name: (expiry.get(name, ""), name))
 
     def _call(
         self, method: str, path: str, *, payload: Any = None, timeout: float | None = None

@@ -54,6 +54,7 @@ class PoolServer:
     model: str
     port: int
     ready: bool
+    last_used: float = 0.0  # as the pool counts use: its last `/get-server` for the model
 
 
 class PoolBackend(Backend):
@@ -246,14 +247,18 @@ class PoolBackend(Backend):
             model, port = entry.get("model"), entry.get("port")
             if isinstance(model, str) and isinstance(port, int):
                 ready = entry.get("status", READY) == READY
-                servers.append(PoolServer(served_model_name(model), port, ready))
+                used = entry.get("lastUsed")
+                last_used = float(used) if isinstance(used, int | float) else 0.0
+                servers.append(PoolServer(served_model_name(model), port, ready, last_used))
         most = status.get("maxServers")
         return servers, most if isinstance(most, int) and most > 0 else 0
 
     def inventory(self) -> Inventory:
         models = self.pool_models()
         servers, max_loaded = self.pool_status()
-        loaded = sorted({server.model for server in servers if server.ready})
+        # Least recently used first, as the pool would evict them.
+        running = sorted((s for s in servers if s.ready), key=lambda s: (s.last_used, s.model))
+        loaded = list(dict.fromkeys(server.model for server in running))
         loading = {server.model for server in servers if not server.ready} - set(loaded)
         now = time.monotonic()
         with self._lock:  # starts this worker waits for, which the pool lists only when done
