@@ -42,9 +42,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_demo_with_messages_reports_each_answered_once() -> None:
+@pytest.mark.parametrize("backend", ["ollama", "llamacpp"])
+def test_demo_with_messages_reports_each_answered_once(backend: str) -> None:
     result = subprocess.run(
-        demo_command("--messages", "12"), capture_output=True, text=True, timeout=240
+        demo_command("--messages", "12", "--backend", backend),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "answered exactly once: 12/12; more than once: 0; no reply: 0" in result.stdout
