@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.domain.job import Job
+from orchestrator.ops.status import read_status
 from standins.llamacpp import model_key, write_entities
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack
@@ -52,6 +53,10 @@ def test_workers_on_single_llama_servers_answer_each_message_once(entities_dir: 
         assert record["eternal"].backend == "openai"
         assert record["eternal"].capacity == 2
         assert record["scorer"].model_slots == {f"{SCORER}:latest": 4}
+        rows = {row.id: row for row in read_status(stack.state).servers}
+        assert (rows["critic"].backend, rows["critic"].model_slots) == (
+            "openai", {f"{CRITIC}:latest": 1}
+        )  # fmt: skip
         ids = post(stack, 12)
         finished = assert_answered_once(stack, ids, timeout=90)
         assert {job.server_id for job in finished.values()} == {"eternal", "critic"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +33,9 @@ class ServerRow:
     last_beat_age_s: float | None
     failures: int = 0  # failed in a row (the circuit breaker)
     cooling_s: float = 0.0  # left out of routing this much longer
+    backend: str = "ollama"
+    loading: list[str] = field(default_factory=list)
+    model_slots: dict[str, int] = field(default_factory=dict)  # a model's own, where it has
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ def read_status(state: State) -> FleetStatus:
                 last_beat_age_s=max(0.0, now - float(last_beat)) if last_beat else None,
                 failures=server.failures,
                 cooling_s=round(server.cooling_s, 1),
+                backend=server.backend,
+                loading=sorted(server.loading),
+                model_slots=dict(sorted(server.model_slots.items())),
             )
         )
     active_jobs, dead_letters = state.ledger.totals()
@@ -92,6 +98,11 @@ def read_status(state: State) -> FleetStatus:
         active_jobs=active_jobs,
         dead_letters=dead_letters,
     )
+
+
+def loaded_text(row: ServerRow) -> str:
+    loaded = ", ".join(row.loaded) or "-"
+    return f"{loaded} (loading {', '.join(row.loading)})" if row.loading else loaded
 
 
 def status_table(status: FleetStatus) -> Table:
@@ -128,7 +139,7 @@ def status_table(status: FleetStatus) -> Table:
             row.location or "-",
             f"{row.inflight}/{row.capacity}" if row.online else f"{row.inflight}/-",
             f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
-            ", ".join(row.loaded) or "-",
+            loaded_text(row),
             beat,
             str(row.queued),
         )
