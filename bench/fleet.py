@@ -21,11 +21,12 @@ blind to capacity and speed. Prints one JSON object as its last line:
 
 The same on llama.cpp as the site's operator runs it: one Mac whose pool manager runs at most
 24 model servers (one slot each) over 60 models, started cold on demand and evicted least
-recently used; the messages' personas chosen with Zipf popularity. Each policy also reports
+recently used, and their Ollama fallback (every model, eight slots, four models loaded at most,
+slow loads); the messages' personas chosen with Zipf popularity. Each policy also reports
 evictions, busy_evictions (a server stopped in the middle of a reply) and wrong_model_replies.
-Its lower bound is the larger of: the busiest model's one slot doing its jobs back to back
-after one cold start; and every job plus one cold start of each model used, spread over all
-24 servers.
+Its lower bound is the larger of: every job at the speed of all the slots of both servers at
+once; and the busiest model's jobs on its pool slot and the fallback's eight at once (loads
+left out of both).
 With --servers N, also: route_ms_p99 (reading the fleet and deciding, with N servers) and
 bridge_rss_mb (the bridge's resident memory while it routes over N known servers).
 """
@@ -81,6 +82,10 @@ POOL_TOKENS_PER_S = 80.0
 POOL_LOAD_S = 2.0
 POOL_REPLY_TOKENS = 40
 ZIPF_S = 1.0
+FALLBACK_SLOTS = 8  # OLLAMA_NUM_PARALLEL=8, OLLAMA_MAX_LOADED_MODELS=4 (operator.md)
+FALLBACK_MAX_LOADED = 4
+FALLBACK_TOKENS_PER_S = 40.0
+FALLBACK_LOAD_S = 8.0
 PHANTOM_TTL_S = 3600  # servers registered by hand live through the run
 
 
@@ -155,7 +160,7 @@ def true_facts(specs: list[SimServerSpec]) -> dict[str, Any]:
     """What the yardstick is told: every server's true speed and load time for each model."""
     return {
         spec.name: {
-            "max_loaded": spec.max_loaded_models,
+            "max_loaded": spec.max_servers if spec.kind == "pool" else spec.max_loaded_models,
             "models": {
                 model: {"tokens_per_s": spec.tokens_per_second, "load_s": spec.load_seconds}
                 for model in spec.models
@@ -202,8 +207,11 @@ def run_policy(
             env["OLLAMA_CLOUD_ROUTING_FACTS_FILE"] = str(facts_file)
         if policy not in ("soonest", "yardstick"):
             # These overfill servers on purpose, so tasks wait in a server's queue for minutes:
-            # not a lost task to be sent again, as it would be under our router.
+            # not a lost task to be sent again, as it would be under our router. And a pool
+            # they overfill evicts servers in the middle of replies: to measure how long they
+            # take, not how many messages they lose, they may try more often.
             env["OLLAMA_CLOUD_START_LOST_AFTER_S"] = "3600"
+            env["OLLAMA_CLOUD_MAX_ATTEMPTS"] = "20"
         with LocalStack(
             setup.specs,
             entities_dir=setup.entities_dir,
@@ -253,8 +261,10 @@ def pool_entity(index: int) -> str:
 
 
 def pool_setup(entities_dir: Path) -> Setup:
-    """One Mac with the operator's pool manager over 60 models, entities named as their
-    llama.cpp files name them (`baseModel` and `defaultQuantization`)."""
+    """The operator's llama.cpp host: a pool manager over 60 models, entities named as their
+    llama.cpp files name them (`baseModel` and `defaultQuantization`); and their Ollama
+    fallback, with every model installed, eight slots, four models loaded at most and slow
+    loads of f16 models."""
     keys = []
     for index in range(POOL_MODELS):
         name = pool_entity(index)
@@ -268,19 +278,20 @@ def pool_setup(entities_dir: Path) -> Setup:
         }
         (entities_dir / f"{name}.json").write_text(json.dumps(fields))
         keys.append(f"{name}-f16")
-    spec = SimServerSpec(
-        name="studio-pool", kind="pool", models=keys, max_servers=POOL_MAX_SERVERS,
-        tokens_per_second=POOL_TOKENS_PER_S, load_seconds=POOL_LOAD_S,
+    pool = SimServerSpec(
+        name="studio-pool",
+        kind="pool",
+        models=keys,
+        max_servers=POOL_MAX_SERVERS,
+        tokens_per_second=POOL_TOKENS_PER_S,
+        load_seconds=POOL_LOAD_S,
+    )
+    fallback = SimServerSpec(
+        name="ollama-fallback", models=keys, parallel=FALLBACK_SLOTS,
+        tokens_per_second=FALLBACK_TOKENS_PER_S, load_seconds=FALLBACK_LOAD_S,
+        max_loaded_models=FALLBACK_MAX_LOADED, max_queue=1000,
     )  # fmt: skip
-    facts = {
-        spec.name: {
-            "max_loaded": POOL_MAX_SERVERS,
-            "models": {
-                key: {"tokens_per_s": POOL_TOKENS_PER_S, "load_s": POOL_LOAD_S} for key in keys
-            },
-        }
-    }
-    return Setup([spec], entities_dir=entities_dir, facts=facts)
+    return Setup([pool, fallback], entities_dir=entities_dir, facts=true_facts([pool, fallback]))
 
 
 def pool_burst(count: int, seed: int = 11) -> list[NewMessage]:
@@ -295,14 +306,16 @@ def pool_burst(count: int, seed: int = 11) -> list[NewMessage]:
 
 
 def pool_lower_bound_s(messages: list[NewMessage]) -> float:
-    """No schedule beats either of: every model's one slot running its own jobs back to back
-    after one cold start; or the pool's servers, all busy, doing every job and one cold start
-    of each model used."""
+    """No schedule beats either of: every job at the speed of every slot of both servers at
+    once, loads left out; or the busiest model's jobs on its one pool slot and all eight of
+    the fallback's slots at once."""
     jobs = Counter(str(message.bot_params.entity) for message in messages if message.bot_params)
-    job_s = POOL_REPLY_TOKENS / POOL_TOKENS_PER_S
-    busiest = POOL_LOAD_S + max(jobs.values()) * job_s
-    all_busy = (sum(jobs.values()) * job_s + len(jobs) * POOL_LOAD_S) / POOL_MAX_SERVERS
-    return max(busiest, all_busy)
+    tokens = POOL_REPLY_TOKENS
+    pool_tps = POOL_MAX_SERVERS * POOL_TOKENS_PER_S
+    fallback_tps = FALLBACK_SLOTS * FALLBACK_TOKENS_PER_S
+    everything = sum(jobs.values()) * tokens / (pool_tps + fallback_tps)
+    busiest = max(jobs.values()) * tokens / (POOL_TOKENS_PER_S + fallback_tps)
+    return max(everything, busiest)
 
 
 def cold_loads(stats: dict[str, Any]) -> int:

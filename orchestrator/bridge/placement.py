@@ -173,7 +173,9 @@ class Placement:
                 log.debug("job=%s %s", ready.job_id, decision.reason)
                 return False
             attempt = ready.attempt + 1
-            capacity = server.usable_capacity if self.policy.respects_capacity else UNBOUNDED
+            respects = self.policy.respects_capacity
+            capacity = server.usable_capacity if respects else UNBOUNDED
+            model_slots = server.model_slots.get(ready.model, 0) if respects else 0
             reserved = self.services.ledger.reserve(
                 ready.job_id,
                 server.id,
@@ -183,7 +185,7 @@ class Placement:
                 model=ready.model,
                 priority=ready.priority,
                 bridge_id=self.bridge_id,
-                model_slots=server.model_slots.get(ready.model, 0),
+                model_slots=model_slots,
             )
             if reserved is Reservation.NOT_OURS:
                 # Given up by the sweep or handed to another bridge meanwhile.
