@@ -22,7 +22,8 @@ blind to capacity and speed. Prints one JSON object as its last line:
 The same on llama.cpp as the site's operator runs it: one Mac whose pool manager runs at most
 24 model servers (one slot each) over 60 models, started cold on demand and evicted least
 recently used, and their Ollama fallback (every model, eight slots, four models loaded at most,
-slow loads); the messages' personas chosen with Zipf popularity. Each policy also reports
+slow loads); the messages' personas chosen with Zipf popularity, and each message scored, the
+scorer's server on the pool having ten slots. Each policy also reports
 evictions, busy_evictions (a server stopped in the middle of a reply) and wrong_model_replies.
 Its lower bound is the larger of: every job at the speed of all the slots of both servers at
 once; and the busiest model's jobs on its pool slot and the fallback's eight at once (loads
@@ -63,6 +64,7 @@ from bench.common import (
 )
 from orchestrator.domain.job import Job
 from orchestrator.domain.messages import NewMessage
+from orchestrator.domain.prompts import EQ_MAX_TOKENS
 from orchestrator.domain.routing import choose_server
 from orchestrator.entity_folder import load_entities
 from orchestrator.state.fleet import Fleet
@@ -86,6 +88,7 @@ FALLBACK_SLOTS = 8  # OLLAMA_NUM_PARALLEL=8, OLLAMA_MAX_LOADED_MODELS=4 (operato
 FALLBACK_MAX_LOADED = 4
 FALLBACK_TOKENS_PER_S = 40.0
 FALLBACK_LOAD_S = 8.0
+SCORER_KEY = "eq-score-f16"  # ten slots in the pool (its default, as the operator's)
 PHANTOM_TTL_S = 3600  # servers registered by hand live through the run
 
 
@@ -179,6 +182,7 @@ class Setup:
     entities_dir: Path = SAMPLE_ENTITIES_DIR
     facts: dict[str, Any] = field(default_factory=dict)
     worker_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    scored: bool = False  # each message's EQ score is a job too
 
     @property
     def slots(self) -> int:
@@ -199,7 +203,10 @@ def ollama_setup() -> Setup:
 def run_policy(
     policy: str, messages: list[NewMessage], setup: Setup, phantoms: int = 0
 ) -> dict[str, Any]:
-    env = {"OLLAMA_CLOUD_ROUTING_POLICY": policy, "OLLAMA_CLOUD_EQ_ENABLED": "false"}
+    env = {
+        "OLLAMA_CLOUD_ROUTING_POLICY": policy,
+        "OLLAMA_CLOUD_EQ_ENABLED": str(setup.scored).lower(),
+    }
     with tempfile.TemporaryDirectory(prefix="fleet-facts-") as facts_dir:
         if policy == "yardstick":
             facts_file = Path(facts_dir) / "facts.json"
@@ -278,6 +285,12 @@ def pool_setup(entities_dir: Path) -> Setup:
         }
         (entities_dir / f"{name}.json").write_text(json.dumps(fields))
         keys.append(f"{name}-f16")
+    # The scorer, on the pool with its ten slots, as the operator runs it.
+    scorer = json.loads((SAMPLE_ENTITIES_DIR / "eq-score.json").read_text())
+    del scorer["model"]
+    scorer.update(baseModel="eq-score", defaultQuantization="f16")
+    (entities_dir / "eq-score.json").write_text(json.dumps(scorer))
+    keys.append(SCORER_KEY)
     pool = SimServerSpec(
         name="studio-pool",
         kind="pool",
@@ -291,7 +304,8 @@ def pool_setup(entities_dir: Path) -> Setup:
         tokens_per_second=FALLBACK_TOKENS_PER_S, load_seconds=FALLBACK_LOAD_S,
         max_loaded_models=FALLBACK_MAX_LOADED, max_queue=1000,
     )  # fmt: skip
-    return Setup([pool, fallback], entities_dir=entities_dir, facts=true_facts([pool, fallback]))
+    facts = true_facts([pool, fallback])
+    return Setup([pool, fallback], entities_dir=entities_dir, facts=facts, scored=True)
 
 
 def pool_burst(count: int, seed: int = 11) -> list[NewMessage]:
@@ -313,7 +327,8 @@ def pool_lower_bound_s(messages: list[NewMessage]) -> float:
     tokens = POOL_REPLY_TOKENS
     pool_tps = POOL_MAX_SERVERS * POOL_TOKENS_PER_S
     fallback_tps = FALLBACK_SLOTS * FALLBACK_TOKENS_PER_S
-    everything = sum(jobs.values()) * tokens / (pool_tps + fallback_tps)
+    work = sum(jobs.values()) * tokens + len(messages) * EQ_MAX_TOKENS  # a score each
+    everything = work / (pool_tps + fallback_tps)
     busiest = max(jobs.values()) * tokens / (POOL_TOKENS_PER_S + fallback_tps)
     return max(everything, busiest)
 
