@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -16,17 +17,22 @@ from workers.contract.keys import Keys
 from workers.contract.server_record import ServerRecord
 from workers.errors import BackendError
 from workers.runtime import WorkerRuntime
+from workers.tailscale import NOT_ON_TAILNET, TailnetAddress, TailscaleProbe
 from workers.version import __version__
 
 log = logging.getLogger(__name__)
 
 
 def server_record(
-    rt: WorkerRuntime, capacity: int, known_models: list[str] | None = None
+    rt: WorkerRuntime,
+    capacity: int,
+    known_models: list[str] | None = None,
+    tailnet: TailnetAddress = NOT_ON_TAILNET,
 ) -> ServerRecord:
     """Ask the backend what it has, and describe this server as the fleet registry stores it.
     While the backend does not answer, the models it last listed stay in the record (marked
-    unhealthy), so work for them waits for it rather than being given up."""
+    unhealthy), so work for them waits for it rather than being given up. `tailnet` is where
+    the worker's machine is on its tailnet; the id stays the queue's name wherever that is."""
     backend = rt.backend
     try:
         inventory = backend.inventory()
@@ -56,6 +62,8 @@ def server_record(
         tokens_per_s=inventory.tokens_per_s,
         load_s=inventory.load_s,
         context=inventory.context,
+        tailscale_ip=tailnet.ip,
+        tailscale_name=tailnet.name,
     )
 
 
@@ -79,10 +87,19 @@ def remove_record(client: redis.Redis, keys: Keys, server_id: str) -> None:
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, rt: WorkerRuntime, capacity: int, booted_at: float) -> None:
+    def __init__(
+        self,
+        rt: WorkerRuntime,
+        capacity: int,
+        booted_at: float,
+        tailnet: Callable[[], TailnetAddress] | None = None,
+    ) -> None:
+        """`tailnet` tells where this machine is on its tailnet; by default the `tailscale`
+        command is asked (every 30 s, not every beat)."""
         super().__init__(name=f"heartbeat-{rt.server_id}", daemon=True)
         self.rt = rt
         self.capacity = capacity
+        self.tailnet = tailnet or TailscaleProbe(rt.server_id).address
         self.stopping = threading.Event()
         self._was_healthy: bool | None = None
         self._models: list[str] = []
@@ -91,7 +108,7 @@ class HeartbeatThread(threading.Thread):
         self.booted_at = booted_at
 
     def beat(self) -> None:
-        record = server_record(self.rt, self.capacity, self._models)
+        record = server_record(self.rt, self.capacity, self._models, self.tailnet())
         self._models = record.models
         # Stamped with Redis's clock, which every reader shares, not this Mac's.
         seconds, micros = self.rt.redis.time()

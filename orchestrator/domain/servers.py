@@ -39,6 +39,8 @@ class ServerView:
     last_beat: float = 0.0
     beat_interval_s: float = 0.0  # how often the worker beats (0: unknown)
     client_name: str = ""  # the name of the worker's Redis connections
+    tailscale_ip: str = ""  # where its worker's machine is on the tailnet, when it is on one
+    tailscale_name: str = ""
     speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
     failures: int = 0  # failed in a row (the circuit breaker)
     cooling_s: float = 0.0  # left out of routing this much longer
@@ -70,6 +72,8 @@ class ServerView:
             last_beat=record.last_beat,
             beat_interval_s=record.beat_interval_s,
             client_name=record.client_name,
+            tailscale_ip=record.tailscale_ip,
+            tailscale_name=record.tailscale_name,
             backend=record.backend,
             model_slots={model_key(name): n for name, n in record.model_slots.items()},
             max_loaded=record.max_loaded,

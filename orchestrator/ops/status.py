@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.ops.durations import ago
@@ -36,6 +37,8 @@ class ServerRow:
     backend: str = "ollama"
     loading: list[str] = field(default_factory=list)
     model_slots: dict[str, int] = field(default_factory=dict)  # a model's own, where it has
+    tailscale_ip: str = ""  # where its worker's machine is on the tailnet, when it is on one
+    tailscale_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ def read_status(state: State) -> FleetStatus:
                 backend=server.backend,
                 loading=sorted(server.loading),
                 model_slots=dict(sorted(server.model_slots.items())),
+                tailscale_ip=server.tailscale_ip,
+                tailscale_name=server.tailscale_name,
             )
         )
     active_jobs, dead_letters = state.ledger.totals()
@@ -105,12 +110,22 @@ def loaded_text(row: ServerRow) -> str:
     return f"{loaded} (loading {', '.join(row.loading)})" if row.loading else loaded
 
 
+def tailnet_text(row: ServerRow) -> str:
+    """Its tailnet name and address, as the worker's `tailscale` told them ("-" off one)."""
+    if row.tailscale_name and row.tailscale_ip:
+        return f"{row.tailscale_name} ({row.tailscale_ip})"
+    return row.tailscale_name or row.tailscale_ip or "-"
+
+
 def status_table(status: FleetStatus) -> Table:
     table = Table(title="ollama-cloud fleet", title_justify="left")
+    # A fleet without Tailscale gets no column for it.
+    on_tailnet = any(row.tailscale_ip or row.tailscale_name for row in status.servers)
     for column in (
         "",
         "server",
         "location",
+        *(["tailnet"] if on_tailnet else []),
         "load",
         "latency",
         "loaded models",
@@ -137,6 +152,7 @@ def status_table(status: FleetStatus) -> Table:
             mark,
             row.id,
             row.location or "-",
+            *([escape(tailnet_text(row))] if on_tailnet else []),
             f"{row.inflight}/{row.capacity}" if row.online else f"{row.inflight}/-",
             f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "-",
             loaded_text(row),

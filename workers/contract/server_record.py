@@ -35,6 +35,10 @@ class ServerRecord(BaseModel):
     tokens_per_s: dict[str, float] = Field(default_factory=dict)  # its own measure, per model
     load_s: dict[str, float] = Field(default_factory=dict)  # a cold load or start, per model
     context: dict[str, int] = Field(default_factory=dict)  # tokens of context per slot
+    # Where the worker's machine is on its tailnet (workers.tailscale), empty off one. Never part
+    # of the id: a Mac that changes network keeps its id and its queue.
+    tailscale_ip: str = ""
+    tailscale_name: str = ""
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -59,6 +63,8 @@ class ServerRecord(BaseModel):
             "tokens_per_s": json.dumps(self.tokens_per_s),
             "load_s": json.dumps(self.load_s),
             "context": json.dumps(self.context),
+            "tailscale_ip": self.tailscale_ip,
+            "tailscale_name": self.tailscale_name,
         }
 
     @classmethod
@@ -66,7 +72,15 @@ class ServerRecord(BaseModel):
         """Whatever the hash holds: a field that does not parse takes its default, so one odd
         record never hides the rest of the fleet."""
         values: dict[str, Any] = {"id": server_id}
-        for name in ("ollama_url", "location", "region", "worker_version", "client_name"):
+        for name in (
+            "ollama_url",
+            "location",
+            "region",
+            "worker_version",
+            "client_name",
+            "tailscale_ip",
+            "tailscale_name",
+        ):
             values[name] = fields.get(name, "")
         values["priority"] = _number(fields.get("priority"), int, 0)
         values["capacity"] = _number(fields.get("capacity"), int, 1)
