@@ -335,3 +335,23 @@ def test_load_times_are_learnt_from_the_server_or_from_a_first_requests_extra_ti
     # nothing of its own times.
     assert cold_load_ms(ChatTimings(wall_ms=1180, prompt_eval_ms=150, eval_ms=1000)) == 0.0
     assert cold_load_ms(ChatTimings(wall_ms=9000)) == 0.0
+
+
+def test_a_free_slot_is_not_taken_early_by_evicting_a_model_with_work_waiting() -> None:
+    # mini holds one model at a time and runs qwen, which has work waiting: using its free
+    # slot for a llama job now would put qwen out, only for qwen's jobs to load it back.
+    q = "qwen2.5:7b"
+    speed = ModelSpeed(tokens_per_s=50, load_s=2.0)
+    mini = ServerView(
+        id="mini", capacity=2, inflight=0, models=frozenset({M, q}), loaded=frozenset({q}),
+        lru=(q,), max_loaded=1, speeds={M: speed, q: speed},
+    )  # fmt: skip
+    fast = server("fast", tps=200, capacity=1, inflight=1)
+    planner = Planner([mini, fast], DEFAULTS)
+    planner.backlog_by_model = {M: 200, q: 50}
+    assert planner.place(M, tokens=100).wait
+    # With nothing waiting for qwen, the free slot is worth its load.
+    planner = Planner([mini, fast], DEFAULTS)
+    planner.backlog_by_model = {M: 200}
+    decision = planner.place(M, tokens=100)
+    assert decision.server is not None and decision.server.id == "mini"

@@ -340,7 +340,12 @@ class Planner:
         )
         running = sum(self._plans[entry.server.id].busy[model] for entry in estimates)
         drain_s = (backlog + running) / throughput
-        free = [entry for entry in estimates if entry.wait_s == 0.0 and entry.cost_s <= drain_s]
+        # Not by putting out a model that has work waiting too: its jobs would load it back.
+        free = [
+            entry
+            for entry in estimates
+            if entry.wait_s == 0.0 and entry.cost_s <= drain_s and not entry.penalty_s
+        ]
         return min(free, key=lambda entry: entry.cost_s) if free else None
 
 
