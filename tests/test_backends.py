@@ -40,6 +40,7 @@ from workers.backends.model_server import ModelServer
 from workers.contract.keys import Keys
 from workers.contract.model_names import served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTurn
+from workers.contract.server_record import ServerRecord
 from workers.errors import (
     BackendError,
     BadRequest,
@@ -52,7 +53,7 @@ from workers.errors import (
     ServerUnavailable,
     WrongModel,
 )
-from workers.heartbeat import server_record
+from workers.heartbeat import server_record, slots_at_once
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -798,3 +799,10 @@ def test_a_worker_on_a_pool_beats_its_pools_record(
     assert json.loads(record["models"]) == [SCORER, ETERNAL]
     assert json.loads(record["model_slots"]) == {SCORER: 10, ETERNAL: 1}
     assert record["max_loaded"] == "24"
+
+
+def test_a_worker_is_told_when_its_backend_can_run_more_than_its_threads() -> None:
+    pool = ServerRecord(id="p", model_slots={"a": 1, "b": 1, "eq": 10}, max_loaded=2)
+    assert slots_at_once(pool) == 11  # the scorer's ten and one more model at once
+    assert slots_at_once(ServerRecord(id="m", model_slots={"a": 2, "b": 1})) == 3
+    assert slots_at_once(ServerRecord(id="o", capacity=4)) == 0  # Ollama's slots are shared

@@ -67,6 +67,16 @@ def server_record(
     )
 
 
+def slots_at_once(record: ServerRecord) -> int:
+    """How many jobs a backend of models with slots of their own (a pool, a map of model
+    servers) can run at once: the slots of as many models as it keeps loaded, the largest
+    first; 0 when its slots are not per model."""
+    if not record.model_slots:
+        return 0
+    slots = sorted(record.model_slots.values(), reverse=True)
+    return sum(slots[: record.max_loaded] if record.max_loaded else slots)
+
+
 def write_record(client: redis.Redis, keys: Keys, record: ServerRecord, ttl_s: float) -> None:
     """One beat: the record, its time to live, and the server's place among the known ones."""
     pipe = client.pipeline(transaction=True)
@@ -103,6 +113,7 @@ class HeartbeatThread(threading.Thread):
         self.stopping = threading.Event()
         self._was_healthy: bool | None = None
         self._models: list[str] = []
+        self._told_capacity = 0  # what the backend could run at once, when last said
         # This worker's start, on the clock that also stamps the starts of its jobs: a job
         # begun before it was begun by an earlier run of the worker, and is lost with it.
         self.booted_at = booted_at
@@ -128,6 +139,14 @@ class HeartbeatThread(threading.Thread):
             # A server that just came up (or back) may be what a waiting bridge needs.
             self.rt.redis.publish(self.rt.keys.slot_events, f"server:{self.rt.server_id}")
             self._was_healthy = record.ollama_healthy
+        wanted = slots_at_once(record)
+        if wanted > self.capacity and wanted != self._told_capacity:
+            log.warning(
+                "server=%s runs %d jobs at once but its %s can run %d: give the worker more "
+                "threads (celery -c %d, or OLLAMA_CLOUD_CAPACITY and OLLAMA_CLOUD_CONCURRENCY)",
+                self.rt.server_id, self.capacity, record.backend, wanted, wanted,
+            )  # fmt: skip
+            self._told_capacity = wanted
 
     def run(self) -> None:
         interval = self.rt.settings.heartbeat_interval_s
