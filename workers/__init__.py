@@ -32,6 +32,7 @@ from workers.errors import (
     ServerBusy,
     ServerError,
     ServerUnavailable,
+    TunnelDown,
 )
 from workers.settings import WorkerSettings
 from workers.version import __version__
@@ -60,6 +61,7 @@ __all__ = [
     "ServerError",
     "ServerRecord",
     "ServerUnavailable",
+    "TunnelDown",
     "WorkerSettings",
     "__version__",
     "build_backend",

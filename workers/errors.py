@@ -22,6 +22,12 @@ class ServerUnavailable(BackendError):
     kind: ClassVar[ErrorKind] = ErrorKind.UNAVAILABLE
 
 
+class TunnelDown(ServerUnavailable):
+    """The SSH link to the node is down, or the node would not forward to its model server's
+    port: the message says which, in a line an operator can act on (an unknown alias, a
+    refused key, a host key not in known_hosts, nothing listening on the node)."""
+
+
 class ServerBusy(BackendError):
     """HTTP 503: every parallel slot of the server is taken."""
 

@@ -9,6 +9,7 @@ from pydantic import Field, PositiveInt, field_validator
 from pydantic_settings import NoDecode
 
 from workers.contract.settings import CelerySettings
+from workers.transport.address import parse_address
 
 BackendKind = Literal["ollama", "openai", "models", "pool"]
 # In a per-model setting, the entry for every model not named (the pool's PARALLEL_SLOTS way).
@@ -28,22 +29,27 @@ class WorkerSettings(CelerySettings):
         "server per model, model_map) or pool (a llama-server pool manager at pool_url)",
     )
     ollama_url: str = Field(
-        default="http://127.0.0.1:11434", description="This server's Ollama (http://host:port)"
+        default="http://127.0.0.1:11434",
+        description="This server's Ollama: http://host:port, or ssh://alias (its 127.0.0.1:11434 "
+        "through SSH; ssh://alias/127.0.0.1:PORT for another port)",
     )
     max_loaded_models: int = Field(
         default=0, ge=0, description="Most models Ollama keeps loaded at once (0: unknown)"
     )
     model_server_url: str = Field(
         default="http://127.0.0.1:8080",
-        description="The OpenAI-compatible server of the openai backend (http://host:port)",
+        description="The OpenAI-compatible server of the openai backend (http://host:port, or "
+        "ssh://alias for the node's 127.0.0.1:8080)",
     )
     model_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="The models backend's servers: model=http://host:port, comma-separated, "
-        "or a JSON object",
+        description="The models backend's servers: model=http://host:port (or "
+        "ssh://alias/127.0.0.1:PORT), comma-separated, or a JSON object",
     )
     pool_url: str = Field(
-        default="http://127.0.0.1:9000", description="The pool manager of the pool backend"
+        default="http://127.0.0.1:9000",
+        description="The pool manager of the pool backend (http://host:port, or ssh://alias for "
+        "the node's 127.0.0.1:9000; its model servers are reached the same way)",
     )
     pool_start_timeout_s: float = Field(
         default=90.0,
@@ -59,6 +65,22 @@ class WorkerSettings(CelerySettings):
         default_factory=dict,
         description="Tokens of context per slot, per model, where its server does not tell "
         "(model=n, comma-separated, or JSON; 'default' for the rest)",
+    )
+    ssh_config: str = Field(
+        default="~/.ssh/config",
+        description="The OpenSSH client config that ssh:// addresses are read with (HostName, "
+        "User, Port, IdentityFile, ProxyJump); a missing file is none",
+    )
+    ssh_known_hosts: str = Field(
+        default="",
+        description="The known_hosts file that nodes' host keys are checked against; empty: as "
+        "the SSH config says (UserKnownHostsFile), else ~/.ssh/known_hosts",
+    )
+    ssh_keepalive_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between SSH keepalives; three unanswered end the link, which then "
+        "reconnects",
     )
     location: str = Field(default="", description="Where the server is, for people")
     region: str = Field(default="", description="Region, for routing preference")
@@ -89,6 +111,21 @@ class WorkerSettings(CelerySettings):
         ge=1024,
         description="A model's reply longer than this is cut off and the attempt failed",
     )
+
+    @field_validator("ollama_url", "model_server_url", "pool_url")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        """An http:// or ssh:// address; an ambiguous or malformed one is refused here, with
+        what to write instead."""
+        parse_address(value)
+        return value
+
+    @field_validator("model_map")
+    @classmethod
+    def _addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        for address in value.values():
+            parse_address(address)
+        return value
 
     @field_validator("model_map", "model_slots", "model_context", mode="before")
     @classmethod

@@ -10,12 +10,33 @@ from workers.backends.openai import OpenAIBackend
 from workers.backends.per_model import ModelServersBackend
 from workers.backends.pool import PoolBackend
 from workers.settings import WorkerSettings
+from workers.transport import Links, SshOptions, Tunnels
 
 
-def build_backend(settings: WorkerSettings, server_id: str = "") -> Backend:
+def ssh_options(settings: WorkerSettings) -> SshOptions:
+    """How the worker's `ssh://` addresses are connected, as its settings say."""
+    return SshOptions(
+        config=settings.ssh_config,
+        known_hosts=settings.ssh_known_hosts,
+        keepalive_s=settings.ssh_keepalive_s,
+    )
+
+
+def build_backend(
+    settings: WorkerSettings, server_id: str = "", tunnels: Tunnels | None = None
+) -> Backend:
+    """The backend of `settings`. Its `ssh://` addresses get tunnels of their own, or of
+    `tunnels` when given (one process serving many nodes shares one set, and closes it)."""
+    links = Links(
+        ssh_options(settings),
+        tunnels=tunnels,
+        connect_wait_s=settings.connect_timeout_s,
+        server_id=server_id,
+    )
     timeouts: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout_s,
         "read_timeout": settings.read_timeout_s,
+        "links": links,
     }
     if settings.backend == "ollama":
         return OllamaClient(settings.ollama_url, max_loaded=settings.max_loaded_models, **timeouts)

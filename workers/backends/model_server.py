@@ -53,7 +53,8 @@ class ServerState:
 
 class ModelServer:
     """Talks to one OpenAI-compatible server through an httpx client it may share with others
-    (a pool's servers share one)."""
+    (a pool's servers share one). `name` is the server for people, where its URL is not (an
+    SSH tunnel's local port): the address as written."""
 
     def __init__(
         self,
@@ -62,8 +63,10 @@ class ModelServer:
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 300.0,
+        name: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name or self.base_url
         self._http = http
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -111,7 +114,7 @@ class ModelServer:
                 raise self._late(first_token_s, stall_s, reader) from exc
             if isinstance(exc, BackendError):
                 raise
-            raise transport_error(self.base_url, exc) from exc
+            raise transport_error(self.name, exc) from exc
         if watchdog is not None and watchdog.fired:  # cut as the stream was ending anyway
             raise self._late(first_token_s, stall_s, reader)
         return ChatOutcome(ok=True, text=reader.text(), timings=reader.timings())
@@ -120,10 +123,10 @@ class ModelServer:
         if reader.first_at:
             flowing = reader.last_at - reader.first_at
             why = f"tokens stopped for {stall_s:g}s after {flowing:.1f}s of them"
-            return ServerHung(f"{self.base_url}: {why}")
+            return ServerHung(f"{self.name}: {why}")
         if first_token_s < self._read_timeout:  # the model was loaded: nothing to wait for
-            return ServerHung(f"{self.base_url}: no first token in {first_token_s:.1f}s")
-        return GenerationTimeout(f"{self.base_url}: no answer in {first_token_s:g}s")
+            return ServerHung(f"{self.name}: no first token in {first_token_s:.1f}s")
+        return GenerationTimeout(f"{self.name}: no answer in {first_token_s:g}s")
 
     def health(self) -> bool:
         """True when the server answers chat requests, False while it loads its model (HTTP
@@ -168,7 +171,7 @@ class ModelServer:
         except ModelLoading as exc:
             if not self.wait_ready(started + first_token_s):
                 raise GenerationTimeout(
-                    f"{self.base_url}: still loading its model after {first_token_s:g}s"
+                    f"{self.name}: still loading its model after {first_token_s:g}s"
                 ) from exc
         loaded_ms = (time.monotonic() - started) * 1000
         outcome = self.chat(
@@ -225,7 +228,7 @@ class ModelServer:
         try:
             return self._http.get(f"{self.base_url}{path}", timeout=timeout)
         except httpx.HTTPError as exc:
-            raise transport_error(self.base_url, exc) from exc
+            raise transport_error(self.name, exc) from exc
 
     def _json(self, path: str) -> Any:
         """The JSON an endpoint answers; None when the server does not offer it or is still
@@ -238,7 +241,7 @@ class ModelServer:
         try:
             return response.json()
         except ValueError as exc:
-            raise ServerError(f"{self.base_url}{path}: answer is not JSON") from exc
+            raise ServerError(f"{self.name}{path}: answer is not JSON") from exc
 
 
 class _SseReader:

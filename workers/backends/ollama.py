@@ -22,14 +22,17 @@ from workers.errors import (
     ServerHung,
     ServerUnavailable,
 )
+from workers.transport import Links
 
 NS_PER_MS = 1_000_000
 ERROR_BODY_BYTES = 4096
 COLD_LOAD_MS = 1000.0  # a load_duration this long was a model load, not a warm lookup
+OLLAMA_PORT = 11434  # the node's port for an ssh:// address that names none
 
 
 class OllamaClient(Backend):
-    """Talks to one Ollama server; the transport seam lets bytes travel another way (SSH)."""
+    """Talks to one Ollama server, at `http://…` or through an SSH tunnel (`ssh://alias`):
+    `links` is the transport seam, and the backend closes it with itself."""
 
     kind: ClassVar[str] = "ollama"
 
@@ -42,8 +45,12 @@ class OllamaClient(Backend):
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
         max_loaded: int = 0,
+        links: Links | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self._links = links or Links(connect_wait_s=connect_timeout)
+        link = self._links.open(base_url, OLLAMA_PORT)
+        self.where = link.address  # for people: the address as written
+        self.base_url = link.base_url
         self.max_loaded = max_loaded
         self.measures = Measures()
         self._connect_timeout = connect_timeout
@@ -51,16 +58,17 @@ class OllamaClient(Backend):
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=transport,
+            transport=self._links.transport(transport, max_connections=max_connections),
             limits=httpx.Limits(max_connections=max_connections),
         )
 
     @property
     def address(self) -> str:
-        return self.base_url
+        return self.where
 
     def close(self) -> None:
         self._http.close()
+        self._links.close()
 
     def chat(
         self,
@@ -93,14 +101,12 @@ class OllamaClient(Backend):
             if began:
                 flowing = max(0.0, time.monotonic() - began - stall_s)
                 why = f"tokens stopped for {stall_s:g}s after {flowing:.1f}s of them"
-                raise ServerHung(f"{self.base_url}: {why}") from exc
+                raise ServerHung(f"{self.where}: {why}") from exc
             if first_token_s < self._read_timeout:  # the model was loaded: nothing to wait for
-                raise ServerHung(
-                    f"{self.base_url}: no first token in {first_token_s:.1f}s"
-                ) from exc
-            raise GenerationTimeout(f"{self.base_url}: no answer in {first_token_s:g}s") from exc
+                raise ServerHung(f"{self.where}: no first token in {first_token_s:.1f}s") from exc
+            raise GenerationTimeout(f"{self.where}: no answer in {first_token_s:g}s") from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(self.base_url, exc) from exc
+            raise _transport_error(self.where, exc) from exc
         timings = ChatTimings(
             wall_ms=(time.monotonic() - started) * 1000,
             total_ms=_ms(final.get("total_duration")),
@@ -149,15 +155,15 @@ class OllamaClient(Backend):
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise _transport_error(self.base_url, exc) from exc
+            raise _transport_error(self.where, exc) from exc
         if response.status_code >= 400:
             raise _http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
         try:
             body = response.json()
         except ValueError as exc:
-            raise ServerError(f"{self.base_url}: answer is not JSON") from exc
+            raise ServerError(f"{self.where}: answer is not JSON") from exc
         if not isinstance(body, dict):
-            raise ServerError(f"{self.base_url}: answer is not a JSON object")
+            raise ServerError(f"{self.where}: answer is not a JSON object")
         return body
 
 

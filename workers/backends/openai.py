@@ -12,6 +12,9 @@ from workers.backends.context import ContextFit
 from workers.backends.model_server import ModelServer, ServerState
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.settings import per_model
+from workers.transport import Links
+
+LLAMA_SERVER_PORT = 8080  # the node's port for an ssh:// address that names none
 
 
 class OpenAIBackend(Backend):
@@ -23,7 +26,9 @@ class OpenAIBackend(Backend):
     loading, not loaded, and the server stays healthy with its slots: a request sent to it
     meanwhile waits for the load, within the first token's allowance (the whole read
     allowance, since the model is not loaded), as a request to Ollama waits for its load. The
-    models it last listed are kept while it loads, since it lists none then."""
+    models it last listed are kept while it loads, since it lists none then. The server is at
+    `http://…` or on a node reached over SSH (`ssh://alias`, through `links`, which the backend
+    closes with itself)."""
 
     kind: ClassVar[str] = "openai"
 
@@ -39,12 +44,20 @@ class OpenAIBackend(Backend):
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
         server_id: str = "",
+        links: Links | None = None,
     ) -> None:
+        self._links = links or Links(connect_wait_s=connect_timeout, server_id=server_id)
+        link = self._links.open(base_url, LLAMA_SERVER_PORT)
         self._http = httpx.Client(
-            transport=transport, limits=httpx.Limits(max_connections=max_connections)
+            transport=self._links.transport(transport, max_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections),
         )
         self.server = ModelServer(
-            base_url, self._http, connect_timeout=connect_timeout, read_timeout=read_timeout
+            link.base_url,
+            self._http,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            name=link.address,
         )
         self.model_slots = dict(model_slots or {})
         self.model_context = dict(model_context or {})
@@ -55,10 +68,11 @@ class OpenAIBackend(Backend):
 
     @property
     def address(self) -> str:
-        return self.server.base_url
+        return self.server.name
 
     def close(self) -> None:
         self._http.close()
+        self._links.close()
 
     def chat(
         self,

@@ -11,10 +11,12 @@ import httpx
 from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
 from workers.backends.context import ContextFit
 from workers.backends.model_server import ModelServer
+from workers.backends.openai import LLAMA_SERVER_PORT
 from workers.contract.model_names import model_key
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.errors import BackendError, ModelMissing, ServerUnavailable
 from workers.settings import per_model
+from workers.transport import Links
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ class ModelServersBackend(Backend):
     else as `model_slots` says, else 1; each has its own context. A model is installed while
     its server answers (loading or not); a server that does not answer leaves its model out.
     A model whose server loads is recorded as loading, and a request for it waits for the
-    load, as with the openai backend."""
+    load, as with the openai backend. Servers on one node over SSH (`ssh://node/:8081`,
+    `ssh://node/:8082`) share that node's one SSH connection."""
 
     kind: ClassVar[str] = "models"
 
@@ -40,15 +43,23 @@ class ModelServersBackend(Backend):
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
         server_id: str = "",
+        links: Links | None = None,
     ) -> None:
+        self._links = links or Links(connect_wait_s=connect_timeout, server_id=server_id)
+        opened = {name: self._links.open(url, LLAMA_SERVER_PORT) for name, url in servers.items()}
         self._http = httpx.Client(
-            transport=transport, limits=httpx.Limits(max_connections=max_connections)
+            transport=self._links.transport(transport, max_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections),
         )
         self.servers = {
             name: ModelServer(
-                url, self._http, connect_timeout=connect_timeout, read_timeout=read_timeout
+                link.base_url,
+                self._http,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                name=link.address,
             )
-            for name, url in servers.items()
+            for name, link in opened.items()
         }
         self._names = {model_key(name): name for name in servers}
         self.model_slots = dict(model_slots or {})
@@ -60,10 +71,11 @@ class ModelServersBackend(Backend):
 
     @property
     def address(self) -> str:
-        return ",".join(f"{name}={server.base_url}" for name, server in self.servers.items())
+        return ",".join(f"{name}={server.name}" for name, server in self.servers.items())
 
     def close(self) -> None:
         self._http.close()
+        self._links.close()
 
     def chat(
         self,

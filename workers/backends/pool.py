@@ -38,6 +38,7 @@ from workers.contract.model_names import model_key, served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.errors import BackendError, GenerationTimeout, ServerError, WrongModel
 from workers.settings import per_model
+from workers.transport import Links
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ START_MARGIN_S = 5.0  # past the pool's own wait for a start, before giving up o
 COLD_START_S = 0.5  # a server found in less was running; one that took longer was started
 ASKS_PER_REQUEST = 2  # a port that answers another model: ask the pool once more, no more
 READY = "ready"  # a running server's status in `/status`; any other is a start in progress
+POOL_PORT = 9000  # the node's port for an ssh:// address that names none
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,9 @@ class PoolServer:
 class PoolBackend(Backend):
     """The pool's models, each on its own llama-server: slots are a model's own (`model_slots`,
     as the pool's PARALLEL_SLOTS; 1 by default, or as its running server tells), contexts are
-    each server's."""
+    each server's. The pool and its servers are reached the same way, directly or through
+    one SSH tunnel to the pool's node (`ssh://studio`): a port the pool names is that node's
+    port (`links`, closed with the backend)."""
 
     kind: ClassVar[str] = "pool"
 
@@ -76,10 +80,11 @@ class PoolBackend(Backend):
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 64,
         server_id: str = "",
+        links: Links | None = None,
     ) -> None:
-        self.pool_url = pool_url.rstrip("/")
-        parsed = httpx.URL(self.pool_url)
-        self._servers_origin = f"{parsed.scheme}://{parsed.host}"
+        self._links = links or Links(connect_wait_s=connect_timeout, server_id=server_id)
+        self._link = self._links.open(pool_url, POOL_PORT)
+        self.pool_url = self._link.address  # for people; requests go to the link's URL
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self.start_timeout_s = start_timeout_s
@@ -87,7 +92,8 @@ class PoolBackend(Backend):
         self.model_context = dict(model_context or {})
         self.server_id = server_id
         self._http = httpx.Client(
-            transport=transport, limits=httpx.Limits(max_connections=max_connections)
+            transport=self._links.transport(transport, max_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections),
         )
         self.fit = ContextFit(server_id)
         self.measures = Measures()
@@ -102,9 +108,11 @@ class PoolBackend(Backend):
 
     def close(self) -> None:
         self._http.close()
+        self._links.close()
 
     def server_url(self, port: int) -> str:
-        return f"{self._servers_origin}:{port}"
+        """Where the pool's model server on `port` is called: that port of the pool's host."""
+        return self._link.url_for(port)
 
     # Chat ------------------------------------------------------------------------------------
 
@@ -138,9 +146,7 @@ class PoolBackend(Backend):
             waited_s += wait_s
             server = self._server(port)
             if not server.wait_ready(time.monotonic() + self.start_timeout_s):
-                raise GenerationTimeout(
-                    f"{server.base_url}: not ready in {self.start_timeout_s:g}s"
-                )
+                raise GenerationTimeout(f"{server.name}: not ready in {self.start_timeout_s:g}s")
             serves = self.serves(server, request.model)
             if serves is None:
                 break
@@ -214,12 +220,15 @@ class PoolBackend(Backend):
             self._http,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
+            name="" if self._link.base_url == self.pool_url else f"{self.pool_url} port {port}",
         )
 
     def _pool_json(self, path: str, params: dict[str, str] | None, read_s: float) -> Any:
         timeout = httpx.Timeout(read_s, connect=self._connect_timeout)
         try:
-            response = self._http.get(f"{self.pool_url}{path}", params=params, timeout=timeout)
+            response = self._http.get(
+                f"{self._link.base_url}{path}", params=params, timeout=timeout
+            )
         except httpx.HTTPError as exc:
             raise transport_error(f"{self.pool_url}{path}", exc) from exc
         if response.status_code >= 400:
