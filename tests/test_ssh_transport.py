@@ -70,6 +70,9 @@ def chat(model: str, text: str = "hello") -> ChatRequest:
         ("ssh://bob@studio.example:2222/:11434", SshEndpoint("studio.example", "bob", 2222), 11434),
         ("ssh://bob@[fd7a::1]:22/:8080", SshEndpoint("fd7a::1", "bob", 22), 8080),
         ("ssh://Mac-Mini", SshEndpoint("Mac-Mini"), None),  # an alias keeps its case
+        ("ssh://mac-3:11434", SshEndpoint("mac-3"), 11434),  # a bare alias: the node's port
+        ("ssh://bob@host:2222", SshEndpoint("host", "bob", 2222), None),  # a user: SSH's port
+        ("ssh://mac-3:2222/:11434", SshEndpoint("mac-3", None, 2222), 11434),
     ],
 )
 def test_an_ssh_address_names_the_endpoint_and_the_nodes_port(
@@ -90,8 +93,6 @@ def test_an_http_address_is_its_own_url(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("ssh://mac-3:11434", "ambiguous: the port after the host is SSH's own"),
-        ("ssh://bob@host:22", "ssh://bob@host/127.0.0.1:22"),
         ("ssh://mac-3/10.0.0.5:11434", "must listen on the node's 127.0.0.1"),
         ("ssh://mac-3/11434", "/127.0.0.1:PORT"),
         ("ssh://mac-3/:0", "not a port"),
@@ -103,17 +104,15 @@ def test_an_http_address_is_its_own_url(text: str) -> None:
         ("http://host:port", "port"),
     ],
 )
-def test_a_malformed_or_ambiguous_address_is_refused_with_what_to_write(
-    text: str, says: str
-) -> None:
+def test_a_malformed_address_is_refused_with_what_to_write(text: str, says: str) -> None:
     with pytest.raises(AddressError) as refused:
         parse_address(text)
     assert says in str(refused.value)
 
 
-def test_the_settings_refuse_an_ambiguous_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OLLAMA_CLOUD_OLLAMA_URL", "ssh://mac-3:11434")
-    with pytest.raises(ValueError, match="ambiguous"):
+def test_the_settings_refuse_a_malformed_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_CLOUD_OLLAMA_URL", "ssh://mac-3/10.0.0.5:11434")
+    with pytest.raises(ValueError, match=r"node's 127\.0\.0\.1"):
         WorkerSettings()
     monkeypatch.setenv("OLLAMA_CLOUD_OLLAMA_URL", "ssh://mac-3")
     monkeypatch.setenv("OLLAMA_CLOUD_MODEL_MAP", f"{ETERNAL}=ssh://mac-3/:8081,x=ssh://a/b")

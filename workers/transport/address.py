@@ -14,9 +14,9 @@ Two forms, in every setting that names a model server (`OLLAMA_CLOUD_OLLAMA_URL`
   - The path is the model server's port on the node: `ssh://mac-3/127.0.0.1:11434`, or for
     short `ssh://mac-3/:11434` (`localhost` is accepted for 127.0.0.1). Without it, the
     backend's usual port: Ollama's 11434, llama-server's 8080, the pool manager's 9000.
-  - `ssh://mac-3:11434` is refused: it would mean SSH on port 11434, and is nearly always
-    meant as the model server's. So an SSH port is accepted only with the node's port written
-    too: `ssh://bob@203.0.113.5:2222/:11434`.
+  - A port after the host is the model server's on a bare alias (`ssh://mac-3:11434`, the
+    short form), and SSH's own when a user or the node's port is written too
+    (`ssh://bob@203.0.113.5:2222`, `ssh://mac-3:2222/:11434`).
   - No password, query or fragment: SSH authenticates with keys.
 """
 
@@ -113,16 +113,11 @@ def _ssh(text: str) -> SshAddress:
             raise AddressError(f"{text!r}: no password in an address; SSH logs in with a key")
         if not user:
             raise AddressError(f"{text!r}: empty user name before '@'")
-    host, ssh_port = _host_and_port(text, authority)
+    host, port = _host_and_port(text, authority)
     node_port = _node_port(text, path) if slash else None
-    if ssh_port is not None and node_port is None:
-        raise AddressError(
-            f"{text!r} is ambiguous: the port after the host is SSH's own. For the model "
-            f"server's port on the node write ssh://{_authority(user, host)}/127.0.0.1:"
-            f"{ssh_port}; for SSH on port {ssh_port}, add the model server's port: "
-            f"ssh://{_authority(user, host)}:{ssh_port}/127.0.0.1:PORT"
-        )
-    return SshAddress(SshEndpoint(host, user, ssh_port), node_port, text)
+    if port is not None and node_port is None and user is None:
+        return SshAddress(SshEndpoint(host), port, text)  # ssh://alias:11434
+    return SshAddress(SshEndpoint(host, user, port), node_port, text)
 
 
 def _host_and_port(text: str, authority: str) -> tuple[str, int | None]:
@@ -155,8 +150,3 @@ def _port(text: str, port_text: str) -> int:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise AddressError(f"{text!r}: {port_text!r} is not a port")
     return int(port_text)
-
-
-def _authority(user: str | None, host: str) -> str:
-    host = f"[{host}]" if ":" in host else host
-    return f"{user}@{host}" if user else host
