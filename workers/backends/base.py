@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, Self
 
+import httpx
+
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
+from workers.errors import BackendError, GenerationTimeout, ServerUnavailable
 
 MAX_REPLY_BYTES = 1024 * 1024
+ERROR_BODY_BYTES = 4096  # of an error answer, what is read and kept
 MIN_TIMED_TOKENS = 8  # fewer generated tokens say too little of a model's speed
 SPEED_WEIGHT = 0.3  # the newest measure's weight in the moving average
 
@@ -109,3 +113,23 @@ class Measures:
     def load_s(self) -> dict[str, float]:
         with self._lock:
             return dict(self._load_s)
+
+
+def transport_error(where: str, exc: httpx.HTTPError) -> BackendError:
+    """What an httpx error says of a server: never reached, gone mid-answer, or no answer in
+    time."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ServerUnavailable(f"{where}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        return GenerationTimeout(f"{where}: no answer in time")
+    return ServerUnavailable(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def read_capped(response: httpx.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """The start of an answer's body, never more of it than `limit`."""
+    kept = b""
+    for chunk in response.iter_bytes():
+        kept += chunk[: limit - len(kept)]
+        if len(kept) >= limit:
+            break
+    return kept

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from workers.backends.base import MAX_REPLY_BYTES
+from workers.backends.base import ERROR_BODY_BYTES, MAX_REPLY_BYTES, read_capped, transport_error
 from workers.contract.model_names import served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import (
@@ -28,10 +28,8 @@ from workers.errors import (
     ServerBusy,
     ServerError,
     ServerHung,
-    ServerUnavailable,
 )
 
-ERROR_BODY_BYTES = 4096
 PROBE_TIMEOUT_S = 5.0  # health, models, props: quick answers, even from a busy server
 LOAD_POLL_S = 0.25  # how often a server loading its model is asked whether it is done
 BACKSTOP_S = 5.0  # the socket's own read timeout, past the deadlines the watchdog keeps
@@ -99,7 +97,7 @@ class ModelServer:
         try:
             with self._http.stream("POST", url, json=body, timeout=timeout) as response:
                 if response.status_code >= 400:
-                    raise http_error(response.status_code, _read_capped(response))
+                    raise http_error(response.status_code, read_capped(response))
                 # From the headers on, the socket's timeout is a backstop; the watchdog keeps
                 # the first token's deadline and then each stall's.
                 response.request.extensions["timeout"]["read"] = (
@@ -293,7 +291,7 @@ class _SseReader:
             raise ServerError("stream ended before its last chunk")
 
     def _whole(self, response: httpx.Response) -> None:
-        raw = _read_capped(response, self.max_reply_bytes + 1)
+        raw = read_capped(response, self.max_reply_bytes + 1)
         if len(raw) > self.max_reply_bytes:
             raise ServerError(f"reply over the {self.max_reply_bytes}-byte cap: cut off")
         answer = _json_object(raw.decode("utf-8", "replace"))
@@ -400,16 +398,6 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def transport_error(base_url: str, exc: httpx.HTTPError) -> BackendError:
-    """What an httpx error says of the server: never reached, gone mid-answer, or no answer
-    in time."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
-        return GenerationTimeout(f"{base_url}: no answer in time")
-    return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
-
-
 def http_error(status: int, content: bytes) -> BackendError:
     """An OpenAI-compatible error answer (`{"error": {...}}`, llama-server's with its type)
     as one of ours."""
@@ -449,16 +437,6 @@ def _error_from(answer: dict[str, Any], status: int) -> BackendError:
         # llama.cpp refuses a list that ends in two assistant turns: the request's fault.
         return BadRequest(text)
     return ServerError(text)
-
-
-def _read_capped(response: httpx.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
-    """The start of an answer's body, never more of it than `limit`."""
-    kept = b""
-    for chunk in response.iter_bytes():
-        kept += chunk[: limit - len(kept)]
-        if len(kept) >= limit:
-            break
-    return kept
 
 
 def _json_object(text: str) -> dict[str, Any]:

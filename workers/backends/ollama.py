@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 
 import httpx
 
-from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
+from workers.backends.base import (
+    ERROR_BODY_BYTES,
+    MAX_REPLY_BYTES,
+    Backend,
+    Inventory,
+    Measures,
+    read_capped,
+    transport_error,
+)
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import (
     BadRequest,
@@ -20,12 +28,10 @@ from workers.errors import (
     ServerBusy,
     ServerError,
     ServerHung,
-    ServerUnavailable,
 )
 from workers.transport import Links
 
 NS_PER_MS = 1_000_000
-ERROR_BODY_BYTES = 4096
 COLD_LOAD_MS = 1000.0  # a load_duration this long was a model load, not a warm lookup
 OLLAMA_PORT = 11434  # the node's port for an ssh:// address that names none
 
@@ -92,7 +98,7 @@ class OllamaClient(Backend):
         try:
             with self._http.stream("POST", "/api/chat", json=body, timeout=timeout) as response:
                 if response.status_code >= 400:
-                    raise _http_error(response.status_code, _read_capped(response))
+                    raise _http_error(response.status_code, read_capped(response))
                 # The headers came with the first token: from now on a pause is a stall.
                 began = time.monotonic()
                 response.request.extensions["timeout"]["read"] = stall_s
@@ -106,7 +112,7 @@ class OllamaClient(Backend):
                 raise ServerHung(f"{self.where}: no first token in {first_token_s:.1f}s") from exc
             raise GenerationTimeout(f"{self.where}: no answer in {first_token_s:g}s") from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(self.where, exc) from exc
+            raise transport_error(self.where, exc) from exc
         timings = ChatTimings(
             wall_ms=(time.monotonic() - started) * 1000,
             total_ms=_ms(final.get("total_duration")),
@@ -155,7 +161,7 @@ class OllamaClient(Backend):
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise _transport_error(self.where, exc) from exc
+            raise transport_error(self.where, exc) from exc
         if response.status_code >= 400:
             raise _http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
         try:
@@ -165,25 +171,6 @@ class OllamaClient(Backend):
         if not isinstance(body, dict):
             raise ServerError(f"{self.where}: answer is not a JSON object")
         return body
-
-
-def _transport_error(base_url: str, exc: httpx.HTTPError) -> OllamaError:
-    """What an httpx error says of the server: never reached, or no answer in time."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
-        return GenerationTimeout(f"{base_url}: no answer in time")
-    return ServerUnavailable(f"{base_url}: {type(exc).__name__}: {exc}")
-
-
-def _read_capped(response: httpx.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
-    """The start of an answer's body, never more of it than `limit`."""
-    kept = b""
-    for chunk in response.iter_bytes():
-        kept += chunk[: limit - len(kept)]
-        if len(kept) >= limit:
-            break
-    return kept
 
 
 def _read_stream(response: httpx.Response, max_reply_bytes: int) -> tuple[str, dict[str, Any]]:

@@ -25,15 +25,16 @@ from typing import Any, ClassVar
 
 import httpx
 
-from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
-from workers.backends.context import ContextFit
-from workers.backends.model_server import (
+from workers.backends.base import (
     ERROR_BODY_BYTES,
-    PROBE_TIMEOUT_S,
-    ModelServer,
-    http_error,
+    MAX_REPLY_BYTES,
+    Backend,
+    Inventory,
+    Measures,
     transport_error,
 )
+from workers.backends.context import ContextFit
+from workers.backends.model_server import PROBE_TIMEOUT_S, ModelServer, http_error
 from workers.contract.model_names import model_key, served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.errors import BackendError, GenerationTimeout, ServerError, WrongModel
