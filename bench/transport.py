@@ -2,7 +2,7 @@
 same request over direct HTTP to the same simulated server, and against the old way, a new SSH
 session per request (`ssh alias curl …`).
 
-    python bench/transport.py [--requests 400] [--ssh-requests 20]
+    python bench/transport.py [--requests 400] [--ssh-requests 20] [--nodes 100]
 
 All on loopback: one simulated Ollama (zero latency), an SSH server standing in for the node's
 sshd (asyncssh, a host key made for the run), and a home folder with `~/.ssh/config` naming the
@@ -22,7 +22,9 @@ SSH session per request (`meets_targets`).
 
 Each measure is a function of the parsed arguments that returns its figures (`MEASURES`); the
 JSON object is their union, so another measure (many nodes served from one host) is one more
-flag in `parser` and one more function in `MEASURES`.
+flag in `parser` and one more function in `MEASURES`. `--nodes N` adds one: `ollama-cloud mesh`
+serving N simulated nodes behind one loopback SSH server (mesh_nodes, mesh_online_s,
+mesh_worker_rss_mb, mesh_watcher_rss_mb, mesh_ssh_connections; Linux's /proc for memory).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if not __package__:  # run as a script: the project root makes `bench` importabl
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -137,18 +140,90 @@ def per_request(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def resident_mb(pid: int) -> float:
+    """A process's resident memory, from Linux's /proc (0 elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
+    return round(kb / 1024, 1)
+
+
+def mesh_nodes(args: argparse.Namespace) -> dict[str, Any]:
+    """`ollama-cloud mesh` serving `--nodes` simulated Ollama servers, each an alias behind the
+    one loopback SSH server: the time for all to come online, and the resident memory of the
+    mesh's worker and of the process that watches the config."""
+    if not args.nodes:
+        return {}
+    from orchestrator.services import State  # noqa: PLC0415
+    from standins.embedded_redis import EmbeddedRedis  # noqa: PLC0415
+    from standins.processes import ManagedProcess, python_command  # noqa: PLC0415
+    from standins.waiting import wait_for  # noqa: PLC0415
+    from workers.contract.keys import DEFAULT_PREFIX  # noqa: PLC0415
+
+    aliases = [f"node-{index}" for index in range(args.nodes)]
+    specs = [SimServerSpec(name=alias, models=[LLAMA], loaded=[LLAMA]) for alias in aliases]
+    work = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
+    home = SshHome(work / "home")
+    (work / "redis").mkdir()
+    redis_server = EmbeddedRedis(data_dir=work / "redis")
+    redis_server.start()
+    try:
+        with SimulatorFleet(specs) as sims, LoopbackSshd([home.key]) as sshd:
+            for alias in aliases:
+                home.add_node(alias, sshd)
+            env = {name: value for name, value in os.environ.items()
+                   if not name.startswith("OLLAMA_CLOUD_")}  # fmt: skip
+            env.update(OLLAMA_CLOUD_REDIS_URL=redis_server.url, OLLAMA_CLOUD_CAPACITY="2",
+                       OLLAMA_CLOUD_SSH_CONFIG=str(home.config))  # fmt: skip
+            ports = [arg for spec in sims.specs for arg in ("--port", f"{spec.name}={spec.port}")]
+            argv = python_command("-m", "orchestrator", "mesh", "--hosts", "node-*", *ports)
+            mesh = ManagedProcess("mesh", argv, env, work / "mesh.log")
+            state = State.connect(redis_server.url, DEFAULT_PREFIX)
+            began = time.perf_counter()
+            mesh.start()
+            try:
+
+                def online() -> bool:
+                    up = {server.id for server in state.fleet.read() if server.healthy}
+                    return set(aliases) <= up
+
+                wait_for(online, 60 + args.nodes, interval=0.1, what=f"{args.nodes} nodes online")
+                took = time.perf_counter() - began
+                assert mesh.pid is not None
+                children = Path(f"/proc/{mesh.pid}/task/{mesh.pid}/children").read_text().split()
+                worker_mb = resident_mb(int(children[0])) if children else 0.0
+                return {
+                    "mesh_nodes": args.nodes,
+                    "mesh_online_s": round(took, 2),
+                    "mesh_worker_rss_mb": worker_mb,
+                    "mesh_watcher_rss_mb": resident_mb(mesh.pid),
+                    "mesh_ssh_connections": sshd.open_connections,
+                }
+            finally:
+                mesh.stop()
+                state.close()
+    finally:
+        redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def parser() -> argparse.ArgumentParser:
     made = bench_parser(__doc__)
     made.add_argument("--requests", type=int, default=400, help="requests timed each way")
     made.add_argument(
         "--ssh-requests", type=int, default=20, help="requests timed the old way (ssh … curl)"
     )
+    made.add_argument(
+        "--nodes", type=int, default=0, help="also: one `mesh` serving this many nodes"
+    )
     return made
 
 
 # Each measure takes the parsed arguments and returns its figures, or none when its flag is
 # not given; the printed object is their union.
-MEASURES: list[Callable[[argparse.Namespace], dict[str, Any]]] = [per_request]
+MEASURES: list[Callable[[argparse.Namespace], dict[str, Any]]] = [per_request, mesh_nodes]
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:

@@ -112,6 +112,55 @@ def supervise(
     raise typer.Exit(supervise_command(command, max_backoff=max_backoff, grace=grace))
 
 
+class MeshBackend(StrEnum):
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+    POOL = "pool"
+
+
+@app.command()
+def mesh(
+    hosts: Annotated[
+        list[str] | None,
+        typer.Option("--hosts", help="Serve the config's aliases matching this pattern (mac-*)"),
+    ] = None,
+    node: Annotated[
+        list[str] | None, typer.Option("--node", help="Serve this alias (repeat for more)")
+    ] = None,
+    backend: Annotated[
+        MeshBackend | None,
+        typer.Option(help="What listens on each node (else OLLAMA_CLOUD_BACKEND, ollama)"),
+    ] = None,
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--port",
+            help="The model server's port on each node's 127.0.0.1: PORT, or alias=PORT "
+            "(repeat); else the backend's usual one",
+        ),
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve many SSH nodes from this host: each alias of ~/.ssh/config (OLLAMA_CLOUD_SSH_CONFIG)
+    chosen by --hosts or --node is a server of that id with its own queue, reached at
+    ssh://alias; adding or removing a Host entry brings a node in or takes it out."""
+    from workers.mesh import run_mesh  # noqa: PLC0415
+    from workers.settings import DEFAULT_ENTRY, WorkerSettings  # noqa: PLC0415
+
+    setup_logging(log_level)
+    if not hosts and not node:
+        raise typer.BadParameter("name the nodes: --hosts PATTERN or --node ALIAS")
+    ports = {
+        (entry.partition("=")[0] if "=" in entry else DEFAULT_ENTRY): entry.rpartition("=")[2]
+        for entry in port or []
+    }
+    overrides: dict[str, Any] = {"mesh_ports": ports} if ports else {}
+    if backend is not None:
+        overrides["backend"] = backend.value
+    settings = WorkerSettings(**overrides)
+    run_mesh(settings, list(hosts or []), list(node or []), stop_on_signals())
+
+
 RedisUrl = Annotated[str | None, typer.Option(help="Redis URL")]
 JobId = Annotated[str, typer.Argument(help="The job's id (the site message's id)")]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object, for scripts")]

@@ -176,7 +176,9 @@ class LocalStack:
 
     # Parts -----------------------------------------------------------------------------------
 
-    def start(self) -> LocalStack:
+    def start(self, *, workers: bool = True) -> LocalStack:
+        """Every part; without `workers`, the simulated servers wait for workers started
+        otherwise (a mesh) and nothing waits for them to come online."""
         if self._own_redis:
             self.redis_server.start()
         queue_argv = python_command(
@@ -189,13 +191,14 @@ class LocalStack:
         self.wait_http(f"{self.queue_url}/api/admin/stats", auth=True)
         for spec in self.specs:
             self.wait_http(f"{self.sim_url(spec.name)}{ready_path(spec)}")
-        for spec in self.specs:
+        for spec in self.specs if workers else []:
             self.start_worker(spec.name, wait=False)
         self.start_control()
         self.start_beat()
         for index in range(self.bridge_count):
             self.start_bridge(index)
-        self.wait_online([spec.name for spec in self.specs])
+        if workers:
+            self.wait_online([spec.name for spec in self.specs])
         return self
 
     def start_sim(self, server_id: str, *, wait: bool = True) -> ManagedProcess:
@@ -225,6 +228,11 @@ class LocalStack:
         if wait:
             self.wait_online([server_id])
         return process
+
+    def start_mesh(self, args: list[str], **settings: str) -> ManagedProcess:
+        """`ollama-cloud mesh ARGS` with the stack's environment and `settings`."""
+        argv = python_command("-m", "orchestrator", "mesh", *args)
+        return self._start("mesh", argv, self.env(**settings))
 
     def start_control(self, name: str = "control") -> ManagedProcess:
         argv = python_command(

@@ -435,7 +435,9 @@ def test_a_worker_over_ssh_answers_each_message_once_across_a_drop(tmp_path: Pat
 def test_the_transport_bench_prints_its_figures() -> None:
     from bench.transport import run  # noqa: PLC0415
 
-    figures = run(["--requests", "30", "--ssh-requests", "2"])
+    figures = run(["--requests", "30", "--ssh-requests", "2", "--nodes", "3"])
     assert figures["tunnel_ssh_connections"] == 1
+    assert (figures["mesh_nodes"], figures["mesh_ssh_connections"]) == (3, 3)
+    assert figures["mesh_online_s"] > 0
     assert figures["tunnel_ms_p50"] > 0 and figures["direct_ms_p50"] > 0
     assert {"tunnel_ms_p99", "tunnel_added_ms_p50", "ssh_per_request_ms_p50"} <= set(figures)

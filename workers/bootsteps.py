@@ -12,6 +12,7 @@ from celery import bootsteps
 from workers import runtime as worker_runtime
 from workers.contract.protocol import SYSTEM_QUEUES
 from workers.heartbeat import HeartbeatThread
+from workers.mesh import MeshNodes
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -36,10 +37,15 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.thread: HeartbeatThread | None = None
+        self.mesh: MeshNodes | None = None
         self.booted_at = time.time()  # before the pool or the consumer can begin a task
 
     def start(self, worker: Any) -> None:
         settings = WorkerSettings()
+        if settings.mesh_nodes:
+            self.mesh = MeshNodes(settings, self.booted_at)
+            self.mesh.start()
+            return
         server_id = settings.server_id or server_id_from_queues(
             list(worker.app.amqp.queues.consume_from)
         )
@@ -61,6 +67,9 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         )  # fmt: skip
 
     def stop(self, worker: Any) -> None:
+        if self.mesh is not None:
+            self.mesh.stop()
+            self.mesh = None
         if self.thread is not None:
             self.thread.stop()
             log.info("server=%s worker down: record removed", self.thread.rt.server_id)

@@ -15,6 +15,7 @@ from workers.contract.keys import Keys
 from workers.contract.model_names import model_key
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.settings import WorkerSettings
+from workers.transport import Tunnels
 
 CHARS_PER_TOKEN = 4  # a prompt's tokens, guessed from its length before the server counts them
 UNMEASURED_PROMPT_TOKENS_PER_S = 100.0  # a slow Mac's prompt speed, until this one is measured
@@ -34,7 +35,10 @@ class WorkerRuntime:
     prompt_tokens_per_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: WorkerSettings, server_id: str) -> WorkerRuntime:
+    def build(
+        cls, settings: WorkerSettings, server_id: str, tunnels: Tunnels | None = None
+    ) -> WorkerRuntime:
+        """`tunnels`: shared with the other servers of the process (a mesh), else its own."""
         keys = Keys(settings.key_prefix)
         client = redis.Redis.from_url(
             settings.redis_url,
@@ -51,7 +55,7 @@ class WorkerRuntime:
             keys=keys,
             redis=client,
             attempts=AttemptLedger(client, keys),
-            backend=build_backend(settings, server_id),
+            backend=build_backend(settings, server_id, tunnels=tunnels),
         )
 
     def close(self) -> None:
@@ -94,25 +98,45 @@ class WorkerRuntime:
         return outcome
 
 
-_current: WorkerRuntime | None = None
+# The runtimes of the servers this process serves, by server id: one for a Mac's worker, one
+# per node for a mesh. Their bootstep installs and removes them.
+_runtimes: dict[str, WorkerRuntime] = {}
 _lock = threading.Lock()
 
 
 def install(runtime: WorkerRuntime) -> None:
-    global _current  # noqa: PLW0603 - one runtime per worker process, set by its bootstep
     with _lock:
-        _current = runtime
+        _runtimes[runtime.server_id] = runtime
 
 
-def current() -> WorkerRuntime:
-    """The runtime the worker's bootstep installed."""
-    if _current is None:
+def current(server_id: str | None = None) -> WorkerRuntime:
+    """The runtime of `server_id`, or of the one server this process serves when not named.
+    Raises LookupError for a server this process does not serve (a task to drop)."""
+    with _lock:
+        runtimes = dict(_runtimes)
+    if not runtimes:
         raise RuntimeError("worker runtime not started (the Heartbeat bootstep installs it)")
-    return _current
+    if server_id is None:
+        if len(runtimes) != 1:
+            raise LookupError(f"this process serves {sorted(runtimes)}: name one")
+        return next(iter(runtimes.values()))
+    try:
+        return runtimes[server_id]
+    except KeyError:
+        raise LookupError(f"server {server_id} is not served here") from None
 
 
-def uninstall() -> WorkerRuntime | None:
-    global _current
+def served() -> list[str]:
+    """The server ids this process serves."""
     with _lock:
-        runtime, _current = _current, None
-    return runtime
+        return sorted(_runtimes)
+
+
+def uninstall(server_id: str | None = None) -> WorkerRuntime | None:
+    """Remove the runtime of `server_id` (the only one when not named) and give it back."""
+    with _lock:
+        if server_id is None:
+            if len(_runtimes) != 1:
+                return None
+            server_id = next(iter(_runtimes))
+        return _runtimes.pop(server_id, None)

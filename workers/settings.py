@@ -82,6 +82,17 @@ class WorkerSettings(CelerySettings):
         description="Seconds between SSH keepalives; three unanswered end the link, which then "
         "reconnects",
     )
+    mesh_nodes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The SSH aliases one worker serves as a mesh (comma-separated; set by "
+        "`ollama-cloud mesh`): each a server of that id with its own queue, its backend at "
+        "ssh://alias",
+    )
+    mesh_ports: Annotated[dict[str, PositiveInt], NoDecode] = Field(
+        default_factory=dict,
+        description="A mesh node's model server port on its 127.0.0.1 (alias=port, "
+        "comma-separated, or JSON; 'default' for the rest; else the backend's usual port)",
+    )
     location: str = Field(default="", description="Where the server is, for people")
     region: str = Field(default="", description="Region, for routing preference")
     priority: int = Field(default=0, description="Higher is preferred among equal servers")
@@ -127,7 +138,14 @@ class WorkerSettings(CelerySettings):
             parse_address(address)
         return value
 
-    @field_validator("model_map", "model_slots", "model_context", mode="before")
+    @field_validator("mesh_nodes", mode="before")
+    @classmethod
+    def _aliases(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [alias.strip() for alias in value.split(",") if alias.strip()]
+        return value
+
+    @field_validator("model_map", "model_slots", "model_context", "mesh_ports", mode="before")
     @classmethod
     def _per_model(cls, value: object) -> object:
         """`a=1,b=2` or a JSON object, from the environment; a mapping as it is."""

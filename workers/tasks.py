@@ -71,15 +71,16 @@ def send_to_delivery(task: Task, result: GenerateResult) -> None:
 
 
 def generate(task: Task, job_payload: dict[str, Any]) -> None:
-    rt = worker_runtime.current()
     started_at = time.time()
     job = GenerateJob.model_validate(job_payload)
-    if job.server_id != rt.server_id:
+    try:
+        rt = worker_runtime.current(job.server_id)
+    except LookupError:
         # A copy of another server's task (replayed, or pushed here by hand): it holds no slot
         # here and its job is not placed here, so nothing is run and nothing is sent.
         log.warning(
             "job=%s attempt=%d server=%s task placed on %s: dropped",
-            job.job_id, job.attempt, rt.server_id, job.server_id,
+            job.job_id, job.attempt, ",".join(worker_runtime.served()), job.server_id,
         )  # fmt: skip
         return
     if is_stale(rt, job):
