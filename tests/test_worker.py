@@ -31,6 +31,10 @@ from workers.errors import (
     ServerHung,
     ServerUnavailable,
 )
+from workers.heartbeat import HeartbeatThread
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
+from workers.tailscale import NOT_ON_TAILNET
 
 MODEL = "llama3.2:3b"
 
@@ -258,3 +262,30 @@ def test_capacity_is_never_more_than_the_worker_runs_at_once(
     finally:
         worker.stop()
         client.close()
+
+
+def test_a_worker_that_cannot_reach_redis_says_what_to_do_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Mac with no VPN reaches the orchestrator's Redis through an SSH tunnel on its own
+    # loopback: with the tunnel down, nothing answers there, and the worker says so once.
+    port = free_port()
+    settings = WorkerSettings(
+        redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_interval_s=0.05, server_id="mac-9"
+    )
+    rt = WorkerRuntime.build(settings, "mac-9")
+    thread = HeartbeatThread(rt, capacity=1, booted_at=0.0, tailnet=lambda: NOT_ON_TAILNET)
+    with caplog.at_level("WARNING", logger="workers.heartbeat"):
+        thread.start()
+        try:
+            wait_for(
+                lambda: sum("heartbeat failed" in r.message for r in caplog.records) >= 3,
+                15,
+                what="three failed beats",
+            )
+        finally:
+            thread.stop()
+            rt.close()
+    hints = [record.message for record in caplog.records if "SSH tunnel" in record.message]
+    assert len(hints) == 1, hints
+    assert f"ssh -N -L {port}:127.0.0.1:6379" in hints[0]

@@ -67,6 +67,24 @@ def server_record(
     )
 
 
+def redis_hint(client: redis.Redis) -> str:
+    """What to do when the orchestrator's Redis does not answer: a Mac with no VPN reaches it
+    through an SSH tunnel on its own loopback, which must be running."""
+    kwargs = client.connection_pool.connection_kwargs
+    host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379)
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return (
+            f"nothing answers at {host}:{port}: if the orchestrator's Redis is reached through "
+            f"an SSH tunnel, start it (ssh -N -L {port}:127.0.0.1:6379 <orchestrator host>, "
+            "README: Redis over SSH), else start Redis here"
+        )
+    return (
+        f"Redis at {host}:{port} does not answer: check that this Mac reaches that host (VPN, "
+        "Tailscale) and that Redis listens there; without either, use an SSH tunnel (README: "
+        "Redis over SSH)"
+    )
+
+
 def slots_at_once(record: ServerRecord) -> int:
     """How many jobs a backend of models with slots of their own (a pool, a map of model
     servers) can run at once: the slots of as many models as it keeps loaded, the largest
@@ -114,6 +132,7 @@ class HeartbeatThread(threading.Thread):
         self._was_healthy: bool | None = None
         self._models: list[str] = []
         self._told_capacity = 0  # what the backend could run at once, when last said
+        self._redis_told = False  # the hint on reaching Redis given, since the last beat
         # This worker's start, on the clock that also stamps the starts of its jobs: a job
         # begun before it was begun by an earlier run of the worker, and is lost with it.
         self.booted_at = booted_at
@@ -153,8 +172,12 @@ class HeartbeatThread(threading.Thread):
         while not self.stopping.is_set():
             try:
                 self.beat()
+                self._redis_told = False
             except redis.RedisError as exc:
                 log.warning("server=%s heartbeat failed: %s", self.rt.server_id, exc)
+                if isinstance(exc, redis.ConnectionError) and not self._redis_told:
+                    log.warning("server=%s %s", self.rt.server_id, redis_hint(self.rt.redis))
+                    self._redis_told = True
             # Event.wait, so stop() ends the thread at once.
             self.stopping.wait(interval)
 
