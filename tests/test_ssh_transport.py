@@ -340,6 +340,8 @@ def unhealthy_without_a_tight_loop(
         record = server_record(runtime, capacity=4, known_models=[LLAMA])
         assert not record.ollama_healthy
         assert (record.models, record.ollama_url) == ([LLAMA], address)
+        # `status` shows why: the tunnel's reason, as its log line gives it.
+        assert record.fault.startswith("ssh://mac-1: "), record.fault
         began = time.monotonic()
         while time.monotonic() - began < 1.0:  # a heartbeat as fast as it can go
             assert not server_record(runtime, capacity=4).ollama_healthy
@@ -349,6 +351,7 @@ def unhealthy_without_a_tight_loop(
         runtime.close()
     assert 1 <= sshd.connections_made <= 3, sshd.connections_made
     assert sshd.logins == 0
+    assert record.fault.split("; next try")[0] in str(down.value)
     return str(down.value)
 
 

@@ -21,6 +21,7 @@ from workers.tailscale import NOT_ON_TAILNET, TailnetAddress, TailscaleProbe
 from workers.version import __version__
 
 log = logging.getLogger(__name__)
+MAX_FAULT_CHARS = 300
 
 
 def server_record(
@@ -34,11 +35,13 @@ def server_record(
     unhealthy), so work for them waits for it rather than being given up. `tailnet` is where
     the worker's machine is on its tailnet; the id stays the queue's name wherever that is."""
     backend = rt.backend
+    fault = ""  # why the backend does not answer, for `status`
     try:
         inventory = backend.inventory()
     except BackendError as exc:
         log.debug("server=%s %s not answering: %s", rt.server_id, backend.kind, exc)
         inventory = Inventory(models=list(known_models or []), healthy=False)
+        fault = str(exc)[:MAX_FAULT_CHARS]
     if inventory.healthy:
         rt.note_loaded(inventory.loaded)
     settings = rt.settings
@@ -62,6 +65,7 @@ def server_record(
         tokens_per_s=inventory.tokens_per_s,
         load_s=inventory.load_s,
         context=inventory.context,
+        fault=fault,
         tailscale_ip=tailnet.ip,
         tailscale_name=tailnet.name,
     )

@@ -52,6 +52,7 @@ class ServerView:
     own_speeds: dict[str, ModelSpeed] = field(default_factory=dict, hash=False)
     # The models of its jobs in flight, one count per model.
     inflight_models: dict[str, int] = field(default_factory=dict, hash=False)
+    fault: str = ""  # why its model server does not answer, as its worker says
 
     @classmethod
     def from_record(cls, record: ServerRecord, inflight: Iterable[str] = ()) -> ServerView:
@@ -75,6 +76,7 @@ class ServerView:
             tailscale_ip=record.tailscale_ip,
             tailscale_name=record.tailscale_name,
             backend=record.backend,
+            fault=record.fault,
             model_slots={model_key(name): n for name, n in record.model_slots.items()},
             max_loaded=record.max_loaded,
             loading=frozenset(model_key(model) for model in record.loading),

@@ -37,6 +37,7 @@ class ServerRow:
     backend: str = "ollama"
     loading: list[str] = field(default_factory=list)
     model_slots: dict[str, int] = field(default_factory=dict)  # a model's own, where it has
+    fault: str = ""  # why its model server does not answer
     tailscale_ip: str = ""  # where its worker's machine is on the tailnet, when it is on one
     tailscale_name: str = ""
 
@@ -90,6 +91,7 @@ def read_status(state: State) -> FleetStatus:
                 failures=server.failures,
                 cooling_s=round(server.cooling_s, 1),
                 backend=server.backend,
+                fault=server.fault,
                 loading=sorted(server.loading),
                 model_slots=dict(sorted(server.model_slots.items())),
                 tailscale_ip=server.tailscale_ip,
@@ -137,7 +139,8 @@ def status_table(status: FleetStatus) -> Table:
         if not row.online:
             mark, beat = "[red]○[/red]", f"[red]OFFLINE {ago(row.last_beat_age_s)}[/red]"
         elif not row.healthy:
-            mark, beat = "[yellow]●[/yellow]", f"ollama down, {ago(row.last_beat_age_s)}"
+            down = escape(row.fault) if row.fault else f"{row.backend} down"
+            mark, beat = "[yellow]●[/yellow]", f"{down}, {ago(row.last_beat_age_s)}"
         elif row.cooling_s > 0:
             mark = "[yellow]◐[/yellow]"
             beat = (

@@ -35,6 +35,7 @@ class ServerRecord(BaseModel):
     tokens_per_s: dict[str, float] = Field(default_factory=dict)  # its own measure, per model
     load_s: dict[str, float] = Field(default_factory=dict)  # a cold load or start, per model
     context: dict[str, int] = Field(default_factory=dict)  # tokens of context per slot
+    fault: str = ""  # why the model server does not answer, while it does not
     # Where the worker's machine is on its tailnet (workers.tailscale), empty off one. Never part
     # of the id: a Mac that changes network keeps its id and its queue.
     tailscale_ip: str = ""
@@ -63,6 +64,7 @@ class ServerRecord(BaseModel):
             "tokens_per_s": json.dumps(self.tokens_per_s),
             "load_s": json.dumps(self.load_s),
             "context": json.dumps(self.context),
+            "fault": self.fault,
             "tailscale_ip": self.tailscale_ip,
             "tailscale_name": self.tailscale_name,
         }
@@ -90,6 +92,7 @@ class ServerRecord(BaseModel):
         values["loaded"] = _names(fields.get("loaded"))
         values["ollama_healthy"] = fields.get("ollama_healthy") == "1"
         values["backend"] = fields.get("backend") or "ollama"
+        values["fault"] = fields.get("fault", "")
         values["max_loaded"] = _number(fields.get("max_loaded"), int, 0)
         values["loading"] = _names(fields.get("loading"))
         values["model_slots"] = _per_model(fields.get("model_slots"), int)
