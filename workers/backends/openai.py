@@ -7,8 +7,9 @@ from typing import ClassVar
 
 import httpx
 
-from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
+from workers.backends.base import Inventory, Measures
 from workers.backends.context import ContextFit
+from workers.backends.fitted import FittedBackend
 from workers.backends.model_server import ModelServer, ServerState
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.settings import per_model
@@ -17,7 +18,7 @@ from workers.transport import Links
 LLAMA_SERVER_PORT = 8080  # the node's port for an ssh:// address that names none
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(FittedBackend):
     """One server. A llama-server tells its model (`/v1/models`), slots and context (`/props`):
     its slots are its one model's own. A server that does not (one serving many models)
     shares its slots; `model_slots` and `model_context` then say what they know.
@@ -70,30 +71,20 @@ class OpenAIBackend(Backend):
     def address(self) -> str:
         return self.server.name
 
-    def close(self) -> None:
-        self._http.close()
-        self._links.close()
-
-    def chat(
+    def send(
         self,
         request: ChatRequest,
-        *,
-        first_token_s: float | None = None,
-        stall_s: float | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-        job_id: str = "",
+        first_token_s: float | None,
+        stall_s: float | None,
+        max_reply_bytes: int,
+        job_id: str,
     ) -> ChatOutcome:
-        def send(fitted: ChatRequest) -> ChatOutcome:
-            return self.server.chat_when_loaded(
-                fitted,
-                first_token_s=first_token_s,
-                stall_s=stall_s,
-                max_reply_bytes=max_reply_bytes,
-            )
-
-        outcome = self.fit.chat(request, send, job_id)
-        self.measures.note_reply(request.model, outcome.timings)
-        return outcome
+        return self.server.chat_when_loaded(
+            request,
+            first_token_s=first_token_s,
+            stall_s=stall_s,
+            max_reply_bytes=max_reply_bytes,
+        )
 
     def inventory(self) -> Inventory:
         state = self.server.state()

@@ -8,8 +8,9 @@ from typing import ClassVar
 
 import httpx
 
-from workers.backends.base import MAX_REPLY_BYTES, Backend, Inventory, Measures
+from workers.backends.base import Inventory, Measures
 from workers.backends.context import ContextFit
+from workers.backends.fitted import FittedBackend
 from workers.backends.model_server import ModelServer
 from workers.backends.openai import LLAMA_SERVER_PORT
 from workers.contract.model_names import model_key
@@ -21,7 +22,7 @@ from workers.transport import Links
 log = logging.getLogger(__name__)
 
 
-class ModelServersBackend(Backend):
+class ModelServersBackend(FittedBackend):
     """A server per model. Each model's slots are its own, as its server tells (`/props`),
     else as `model_slots` says, else 1; each has its own context. A model is installed while
     its server answers (loading or not); a server that does not answer leaves its model out.
@@ -73,35 +74,23 @@ class ModelServersBackend(Backend):
     def address(self) -> str:
         return ",".join(f"{name}={server.name}" for name, server in self.servers.items())
 
-    def close(self) -> None:
-        self._http.close()
-        self._links.close()
-
-    def chat(
+    def send(
         self,
         request: ChatRequest,
-        *,
-        first_token_s: float | None = None,
-        stall_s: float | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-        job_id: str = "",
+        first_token_s: float | None,
+        stall_s: float | None,
+        max_reply_bytes: int,
+        job_id: str,
     ) -> ChatOutcome:
         name = self._names.get(model_key(request.model))
         if name is None:
             raise ModelMissing(f"no server for {request.model} in the model map")
-        server = self.servers[name]
-
-        def send(fitted: ChatRequest) -> ChatOutcome:
-            return server.chat_when_loaded(
-                fitted,
-                first_token_s=first_token_s,
-                stall_s=stall_s,
-                max_reply_bytes=max_reply_bytes,
-            )
-
-        outcome = self.fit.chat(request, send, job_id)
-        self.measures.note_reply(request.model, outcome.timings)
-        return outcome
+        return self.servers[name].chat_when_loaded(
+            request,
+            first_token_s=first_token_s,
+            stall_s=stall_s,
+            max_reply_bytes=max_reply_bytes,
+        )
 
     def inventory(self) -> Inventory:
         models: list[str] = []

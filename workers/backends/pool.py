@@ -27,13 +27,12 @@ import httpx
 
 from workers.backends.base import (
     ERROR_BODY_BYTES,
-    MAX_REPLY_BYTES,
-    Backend,
     Inventory,
     Measures,
     transport_error,
 )
 from workers.backends.context import ContextFit
+from workers.backends.fitted import FittedBackend
 from workers.backends.model_server import PROBE_TIMEOUT_S, ModelServer, http_error
 from workers.contract.model_names import model_key, served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest
@@ -60,7 +59,7 @@ class PoolServer:
     last_used: float = 0.0  # as the pool counts use: its last `/get-server` for the model
 
 
-class PoolBackend(Backend):
+class PoolBackend(FittedBackend):
     """The pool's models, each on its own llama-server: slots are a model's own (`model_slots`,
     as the pool's PARALLEL_SLOTS; 1 by default, or as its running server tells), contexts are
     each server's. The pool and its servers are reached the same way, directly or through
@@ -107,33 +106,13 @@ class PoolBackend(Backend):
     def address(self) -> str:
         return self.pool_url
 
-    def close(self) -> None:
-        self._http.close()
-        self._links.close()
-
     def server_url(self, port: int) -> str:
         """Where the pool's model server on `port` is called: that port of the pool's host."""
         return self._link.url_for(port)
 
     # Chat ------------------------------------------------------------------------------------
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        first_token_s: float | None = None,
-        stall_s: float | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-        job_id: str = "",
-    ) -> ChatOutcome:
-        def send(fitted: ChatRequest) -> ChatOutcome:
-            return self._send(fitted, first_token_s, stall_s, max_reply_bytes, job_id)
-
-        outcome = self.fit.chat(request, send, job_id)
-        self.measures.note_reply(request.model, outcome.timings)
-        return outcome
-
-    def _send(
+    def send(
         self,
         request: ChatRequest,
         first_token_s: float | None,
