@@ -138,6 +138,23 @@ class Settings(CelerySettings):
         description="The yardstick policy's true speeds and load times of every server (JSON)",
     )
     control_concurrency: int = Field(default=8, ge=1, description="Control worker threads")
+    # The operator's eyes: the fleet page and its /metrics, and where Flower is.
+    web_host: str = Field(
+        default="127.0.0.1", description="`ollama-cloud web` listens on this address"
+    )
+    web_port: int = Field(default=8470, ge=1, le=65535, description="... and this port")
+    web_basic_auth: SecretStr | None = Field(
+        default=None,
+        description="user:password asked by the fleet page and its /metrics (none when unset)",
+    )
+    web_url: str | None = Field(
+        default=None,
+        description="Where operators reach the fleet page (`check`); else http://web_host:web_port",
+    )
+    flower_url: str = Field(
+        default="http://127.0.0.1:5555",
+        description="Where operators reach Flower: the fleet page links there, `check` asks it",
+    )
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
@@ -178,6 +195,16 @@ class Settings(CelerySettings):
             max_text_chars=self.max_text_chars,
             max_context_lines=self.max_context_lines,
         )
+
+    def web_basic_auth_value(self) -> tuple[str, str] | None:
+        """The fleet page's (user, password), when it asks for them."""
+        if self.web_basic_auth is None:
+            return None
+        user, _, password = self.web_basic_auth.get_secret_value().partition(":")
+        return user, password
+
+    def fleet_page_url(self) -> str:
+        return self.web_url or f"http://{self.web_host}:{self.web_port}"
 
     def queue_token_value(self) -> str | None:
         return self.queue_token.get_secret_value() if self.queue_token else None

@@ -3,6 +3,8 @@ delivery guarantees."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -39,4 +41,8 @@ class CelerySettings(BaseSettings):
         default=1000,
         ge=1,
         description="How many poison items the broker's dead-letter list keeps (newest first)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or one JSON object per line for a log shipper",
     )
