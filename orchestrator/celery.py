@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from celery import Celery, signals
 
 from orchestrator.control.tasks import register
 from orchestrator.services import close_process_services
 from orchestrator.settings import Settings
 from workers.contract import logs
-from workers.contract.celery_config import celery_config, quiet_task_trace
+from workers.contract.celery_config import celery_config, log_like_ours, quiet_task_trace
 from workers.contract.protocol import CONTROL_QUEUE, CONTROL_TASKS, RECOVER_TASK, SWEEP_TASK
 
 
@@ -37,6 +38,12 @@ def control_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def process_name() -> str:
+    """`beat` or `control`, as the command that runs this app says."""
+    command = click.get_current_context(silent=True)
+    return "beat" if command is not None and command.info_name == "beat" else "control"
+
+
 def make_app(settings: Settings) -> Celery:
     """An app configured now from explicit settings (the bridge, the demo, tests)."""
     configured = Celery("orchestrator", set_as_current=False)
@@ -50,6 +57,7 @@ app = Celery("orchestrator", set_as_current=False)
 app.add_defaults(lambda: control_config(Settings.load()))
 register(app)
 signals.after_setup_logger.connect(quiet_task_trace, weak=False)
+log_like_ours(process_name)
 
 
 def close_on_shutdown(**_: Any) -> None:

@@ -59,7 +59,7 @@ def refuse_unkeepable(
     why, and it is completed on the site when it has an id at all (the site takes it back as
     it sent it)."""
     what = excerpt(message_id if isinstance(message_id, str) else repr(message_id), 120)
-    log.error("job=%s refused: %s; completed without a reply", what, reason)
+    log.error("refuse job=%s: %s; completed without a reply", what, reason)
     ledger = services.ledger
     ledger.count("refused")
     ledger.note_refused(what, reason)
@@ -92,5 +92,5 @@ def refuse_oversize(
     if claim is Claim.KNOWN:
         log.warning("job=%s too large, and already in the ledger: left as it is", message_id)
         return
-    log.error("job=%s refused: %s", message_id, reason)
+    log.error("refuse job=%s: %s", message_id, reason)
     end_unanswered(services, message_id, JobKind.REPLY, reason, dead=False)

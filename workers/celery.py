@@ -12,7 +12,7 @@ from celery import Celery, signals
 
 from workers.bootsteps import Heartbeat
 from workers.contract import logs
-from workers.contract.celery_config import celery_config, quiet_task_trace
+from workers.contract.celery_config import celery_config, log_like_ours, quiet_task_trace
 from workers.contract.protocol import SERVER_TASKS
 from workers.settings import WorkerSettings
 from workers.tasks import register
@@ -29,3 +29,4 @@ app.add_defaults(worker_defaults)
 app.steps["worker"].add(Heartbeat)
 register(app)
 signals.after_setup_logger.connect(quiet_task_trace, weak=False)
+log_like_ours(lambda: "worker")

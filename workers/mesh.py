@@ -175,6 +175,7 @@ class MeshWorker:
                 f"{alias}={port}" for alias, port in self.settings.mesh_ports.items()
             )
         env["OLLAMA_CLOUD_BACKEND"] = self.settings.backend
+        env["OLLAMA_CLOUD_LOG_FORMAT"] = self.settings.log_format
         concurrency = node_capacity(self.settings) * len(nodes)
         self.process = subprocess.Popen(worker_command(nodes, concurrency), env=env)
         log.info(

@@ -49,14 +49,29 @@ def is_stale(rt: WorkerRuntime, job: GenerateJob) -> bool:
 def run_chat(rt: WorkerRuntime, request: ChatRequest, job_id: str) -> ChatOutcome:
     try:
         return rt.chat(request, job_id)
-    except BackendError as exc:
-        log.warning(
-            "job=%s server=%s %s %s: %s", job_id, rt.server_id, rt.backend.kind, exc.kind, exc
-        )
+    except BackendError as exc:  # `generate failed` tells it
         return ChatOutcome(ok=False, error_kind=exc.kind, error=str(exc))
     except Exception as exc:  # a worker task must always hand a result to delivery
         log.exception("job=%s server=%s unexpected error", job_id, rt.server_id)
         return ChatOutcome(ok=False, error_kind=ErrorKind.WORKER_ERROR, error=repr(exc)[:500])
+
+
+def log_generated(rt: WorkerRuntime, job: GenerateJob, outcome: ChatOutcome, ms: float) -> None:
+    """`generate done` with the latency and the speed, or `generate failed` with why."""
+    if not outcome.ok:
+        log.warning(
+            "generate failed job=%s attempt=%d server=%s error=%s ms=%.0f: %s %s",
+            job.job_id, job.attempt, rt.server_id, outcome.error_kind, ms,
+            rt.backend.kind, outcome.error,
+        )  # fmt: skip
+        return
+    timings = outcome.timings
+    eval_s = timings.eval_ms / 1000
+    speed = timings.eval_count / eval_s if eval_s > 0 else 0.0
+    log.info(
+        "generate done job=%s attempt=%d server=%s ms=%.0f tokens=%d tokens_per_s=%.1f",
+        job.job_id, job.attempt, rt.server_id, ms, timings.eval_count, speed,
+    )  # fmt: skip
 
 
 def send_to_delivery(task: Task, result: GenerateResult) -> None:
@@ -85,7 +100,7 @@ def generate(task: Task, job_payload: dict[str, Any]) -> None:
         return
     if is_stale(rt, job):
         log.info(
-            "job=%s attempt=%d server=%s stale: dropped", job.job_id, job.attempt, rt.server_id
+            "stale job=%s attempt=%d server=%s: dropped", job.job_id, job.attempt, rt.server_id
         )
         stale = GenerateResult(
             job_id=job.job_id,
@@ -98,16 +113,14 @@ def generate(task: Task, job_payload: dict[str, Any]) -> None:
         )
         send_to_delivery(task, stale)
         return
+    log.info(
+        "generate start job=%s attempt=%d server=%s model=%s queued_ms=%.0f",
+        job.job_id, job.attempt, rt.server_id, job.request.model,
+        max(0.0, started_at - job.dispatched_at) * 1000,
+    )  # fmt: skip
     outcome = run_chat(rt, job.request, job.job_id)
     finished_at = time.time()
-    log.info(
-        "job=%s attempt=%d server=%s generated ok=%s in %.0f ms",
-        job.job_id,
-        job.attempt,
-        rt.server_id,
-        outcome.ok,
-        (finished_at - started_at) * 1000,
-    )
+    log_generated(rt, job, outcome, (finished_at - started_at) * 1000)
     result = GenerateResult(
         job_id=job.job_id,
         attempt=job.attempt,

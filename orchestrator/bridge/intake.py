@@ -81,9 +81,9 @@ class Intake:
             reason = f"internal error preparing the message: {exc!r}"[:REASON_CHARS]
             lost_score = kind is JobKind.SCORE
         if lost_score:
-            log.warning("job=%s score cannot be had: %s", job_id, reason)
+            log.warning("score lost job=%s: %s", job_id, reason)
         else:
-            log.warning("job=%s rejected: %s", job_id, reason)
+            log.warning("reject job=%s: %s", job_id, reason)
         end_unanswered(self.services, job_id, kind, reason, dead=lost_score)
         return None
 

@@ -31,6 +31,7 @@ from orchestrator.refusals import refuse_oversize, refuse_unkeepable
 from orchestrator.services import Services
 from orchestrator.site_queue import OversizeClaim
 from orchestrator.state.ledger import Claim, ClaimNote
+from orchestrator.state.metrics import CLAIMED
 from workers.contract.job import HELD_BY_BRIDGE
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Bridge:
         finally:
             pubsub.close()
             self.hand_back_waiting()
+            self.services.metrics.note_waiting(self.settings.bridge_id, len(self.waiting))
             log.info("bridge %s stopped", self.settings.bridge_id)
 
     def _wait_for_change(self, pubsub: redis.client.PubSub, stop: threading.Event) -> None:
@@ -138,6 +140,7 @@ class Bridge:
             self.services.ledger.say_alive(
                 self.settings.bridge_id, self.settings.bridge_lost_after_s
             )
+            self.services.metrics.note_waiting(self.settings.bridge_id, len(self.waiting))
             self._alive_until = now + ALIVE_EVERY_S
         fleet = self.fleet_cache.read()
         if now >= self._retry_check_at:
@@ -175,6 +178,8 @@ class Bridge:
             return False
         self._queue_backoff_s = 0.0
         message = claimed.message
+        if message is not None or claimed.oversize is not None:
+            self.services.metrics.count(CLAIMED)
         self.placement.site_backlog = claimed.remaining_pending if message is not None else 0
         self.placement.site_backlog_at = time.monotonic()
         if message is None or claimed.remaining_pending == 0:
@@ -225,6 +230,8 @@ class Bridge:
             scored=scored,
             note=note,
         )
+        if claim is not Claim.KNOWN:
+            log.info("claim job=%s bridge=%s", job_id, self.settings.bridge_id)
         if claim is Claim.KNOWN:
             if not self.take_back_written(job_id, fleet):
                 log.warning("job=%s claimed again but already in the ledger: left as it is",
@@ -293,7 +300,7 @@ class Bridge:
         self._retry_check_at = time.monotonic() + ALIVE_EVERY_S
         for job in self.services.ledger.take_retries(self.settings.bridge_id):
             log.info(
-                "job=%s taken for attempt %d (tried: %s)",
+                "reroute job=%s attempt=%d tried=%s",
                 job.id, job.attempt + 1, ",".join(job.servers_tried) or "none",
             )  # fmt: skip
             self.resume(job, fleet)

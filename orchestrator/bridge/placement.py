@@ -113,7 +113,7 @@ class Placement:
             reason = f"no online server has model {ready.request.model} (entity {ready.entity})"
             if ready.tried:
                 reason += f"; tried: {', '.join(ready.tried)}"
-            log.warning("job=%s dead: %s", ready.job_id, reason)
+            log.warning("dead job=%s attempt=%d: %s", ready.job_id, ready.attempt, reason)
             end_unanswered(self.services, ready.job_id, ready.kind, reason, dead=True)
             return
         if self.place(ready, fleet):
@@ -129,7 +129,7 @@ class Placement:
             log.info("job=%s no longer this bridge's to place: dropped here", ready.job_id)
             return
         heapq.heappush(self.waiting, ready)
-        log.debug("job=%s waits for a slot for %s", ready.job_id, ready.model)
+        log.debug("wait job=%s model=%s: no free slot worth taking", ready.job_id, ready.model)
 
     def place_waiting(self, fleet: list[ServerView]) -> bool:
         """Place what waits, in order, where slots allow; True if any left."""
@@ -170,7 +170,8 @@ class Placement:
             decision = self.decide(ready, fleet)
             server = decision.server
             if server is None:
-                log.debug("job=%s %s", ready.job_id, decision.reason)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("wait job=%s: %s", ready.job_id, decision.reason)
                 return False
             attempt = ready.attempt + 1
             respects = self.policy.respects_capacity
@@ -192,7 +193,12 @@ class Placement:
                 log.info("job=%s no longer this bridge's to place: dropped here", ready.job_id)
                 return True
             if reserved is Reservation.TAKEN:
-                log.debug("job=%s route to %s", ready.job_id, decision.reason)
+                log.info(
+                    "route job=%s attempt=%d server=%s %s",
+                    ready.job_id, attempt, server.id, route_figures(decision),
+                )  # fmt: skip
+                if log.isEnabledFor(logging.DEBUG):  # the whole comparison, told only when asked
+                    log.debug("route job=%s attempt=%d: %s", ready.job_id, attempt, decision.reason)
                 index = next(i for i, known in enumerate(fleet) if known.id == server.id)
                 fleet[index] = fleet[index].with_one_more(ready.model)
                 return self.dispatch(ready, server.id, attempt)
@@ -256,9 +262,23 @@ class Placement:
             )
         except Exception as exc:  # the broker is Redis: when it is away, keep the job here
             log.warning(
-                "job=%s server=%s dispatch failed (%s): waits", ready.job_id, server_id, exc
-            )
+                "dispatch failed job=%s attempt=%d server=%s: %s; it waits",
+                ready.job_id, attempt, server_id, exc,
+            )  # fmt: skip
             self.services.ledger.undo_dispatch(ready.job_id, attempt)
             return False
-        log.info("job=%s attempt=%d server=%s dispatched", ready.job_id, attempt, server_id)
+        log.info("dispatch job=%s attempt=%d server=%s", ready.job_id, attempt, server_id)
         return True
+
+
+def route_figures(decision: Decision) -> str:
+    """`finish=0.80s runner_up=mac-1 runner_up_finish=1.30s reason=soonest`: the winner's
+    expected finish, the next soonest server's, and what decided it."""
+    parts = []
+    if decision.finish_s is not None:
+        parts.append(f"finish={decision.finish_s:.2f}s")
+        parts.append(f"runner_up={decision.runner_up or 'none'}")
+        if decision.runner_up_finish_s is not None:
+            parts.append(f"runner_up_finish={decision.runner_up_finish_s:.2f}s")
+    parts.append(f"reason={decision.basis or 'chosen'}")
+    return " ".join(parts)

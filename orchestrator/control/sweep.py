@@ -174,7 +174,10 @@ def reroute_from_lost(
     )
     if moved:
         services.fleet.mark_lost(server_id)
-        log.warning("job=%s server=%s %s: the job goes again", job.id, server_id, kind)
+        log.warning(
+            "failover job=%s attempt=%d server=%s error=%s: the job goes again",
+            job.id, job.attempt, server_id, kind,
+        )  # fmt: skip
     return moved
 
 

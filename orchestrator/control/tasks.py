@@ -34,12 +34,18 @@ def deliver_task(self: Task, payload: dict[str, Any]) -> str:
         countdown = min(10.0, 0.2 * 2**self.request.retries)
         if isinstance(exc, Retry) and exc.delay is not None:
             countdown = exc.delay
-        log.warning("job=%s delivery retry in %.1fs: %s", payload.get("job_id"), countdown, exc)
+        log.warning(
+            "deliver again job=%s attempt=%s server=%s in=%.1fs: %s",
+            payload.get("job_id"), payload.get("attempt"), payload.get("server_id"), countdown, exc,
+        )  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=DELIVERY_RETRIES) from exc
     except Exception as exc:
         # Trying again would fail the same way (the queue refused the reply, a bad result):
         # end the job now with the reason, rather than at its deadline.
-        log.exception("job=%s delivery failed", payload.get("job_id"))
+        log.exception(
+            "deliver failed job=%s attempt=%s server=%s",
+            payload.get("job_id"), payload.get("attempt"), payload.get("server_id"),
+        )  # fmt: skip
         return fail_delivery(services, payload, exc)
 
 

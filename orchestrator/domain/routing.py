@@ -66,11 +66,21 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Decision:
-    """`server` to dispatch to now, or None: `wait` for a slot, or no server can run it."""
+    """`server` to dispatch to now, or None: `wait` for a slot, or no server can run it.
+
+    For the log's route line: the winner's expected finish, the runner-up (the next soonest
+    other server) and its finish, and `basis`, the word for why the winner won: `soonest`,
+    `only` (no other server could take it), `region`, `priority`, `fewer_busy` or `random`
+    (among servers about as soon), `free_slot` (a free slot taken while the soonest is busy),
+    or the name of a policy that does not estimate finishes."""
 
     server: ServerView | None
     why: str | Callable[[], str]  # the reason, or how to tell it: only a debug log asks
     wait: bool = False
+    finish_s: float | None = None
+    runner_up: str | None = None
+    runner_up_finish_s: float | None = None
+    basis: str = ""
 
     @property
     def reason(self) -> str:
@@ -291,26 +301,41 @@ class Planner:
             for entry in estimates
             if entry.cost_s <= soonest * (1 + EQUAL_SHARE) + EQUAL_SECONDS
         ]
-        best = max(
-            equally_soon,
-            key=lambda entry: (
+        ranks = [
+            (
                 bool(region) and entry.server.region == region,
                 entry.server.priority,
                 -sum(1 for left in self._plans[entry.server.id].slots if left > 0),
                 self.rng.random(),
-            ),
-        )
+            )
+            for entry in equally_soon
+        ]
+        top = max(range(len(equally_soon)), key=ranks.__getitem__)
+        best = equally_soon[top]
+        basis = tie_basis(ranks, top) if len(equally_soon) > 1 else "soonest"
+        if len(estimates) == 1:
+            basis = "only"
         if best.wait_s > 0.0 and self.hold_back:
-            best = self._free_slot_before_drain(estimates, model) or best
+            free = self._free_slot_before_drain(estimates, model)
+            if free is not None:
+                best, basis = free, "free_slot"
         self._commit(best, model)
+        runner_up = next((entry for entry in estimates if entry is not best), None)
 
         def reason() -> str:
             others = "; ".join(entry.explain() for entry in estimates[:4] if entry is not best)
             return best.explain() + (f" over {others}" if others else "")
 
-        if best.wait_s == 0.0:
-            return Decision(best.server, reason)
-        return Decision(None, lambda: f"waits for {reason()}", wait=True)
+        waits = best.wait_s > 0.0
+        return Decision(
+            None if waits else best.server,
+            (lambda: f"waits for {reason()}") if waits else reason,
+            wait=waits,
+            finish_s=best.finish_s,
+            runner_up=runner_up.server.id if runner_up else None,
+            runner_up_finish_s=runner_up.finish_s if runner_up else None,
+            basis=basis,
+        )
 
     def _commit(self, best: Estimate, model: str) -> None:
         """The job is placed (or will wait for) `best`: the plan fills that slot."""
@@ -347,6 +372,18 @@ class Planner:
             if entry.wait_s == 0.0 and entry.cost_s <= drain_s and not entry.penalty_s
         ]
         return min(free, key=lambda entry: entry.cost_s) if free else None
+
+
+TIE_BASES = ("region", "priority", "fewer_busy", "random")
+
+
+def tie_basis(ranks: list[tuple[bool, int, int, float]], top: int) -> str:
+    """Among servers about as soon, what set the winner (rank `top`) above the next of them."""
+    second = max(rank for index, rank in enumerate(ranks) if index != top)
+    for basis, ours, theirs in zip(TIE_BASES, ranks[top], second, strict=True):
+        if ours != theirs:
+            return basis
+    return "random"
 
 
 def unplaceable(servers: Iterable[ServerView], model: str) -> Decision:
@@ -541,7 +578,7 @@ class RandomChoice(CapacityBlind):
 
     def pick(self, able: list[ServerView]) -> Decision:
         chosen = self.rng.choice(able)
-        return Decision(chosen, f"{chosen.id} at random of {len(able)}")
+        return Decision(chosen, f"{chosen.id} at random of {len(able)}", basis=self.name)
 
 
 class LeastInflight(CapacityBlind):
@@ -551,7 +588,7 @@ class LeastInflight(CapacityBlind):
 
     def pick(self, able: list[ServerView]) -> Decision:
         chosen = min(able, key=lambda server: (server.inflight, self.rng.random()))
-        return Decision(chosen, f"{chosen.id} with {chosen.inflight} in flight")
+        return Decision(chosen, f"{chosen.id} with {chosen.inflight} in flight", basis=self.name)
 
 
 POLICIES: dict[str, type[RoutingPolicy]] = {

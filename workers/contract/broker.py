@@ -17,6 +17,11 @@ content type, the task's name and its argument. An item that fails is moved, wit
 an excerpt and a hash, to the broker's dead-letter list (bounded), logged on one line, and the
 consumer takes the next item. Each app says which tasks it takes (`accepted_tasks` in the
 transport options); anything else in its queues is poison too.
+
+**Its name.** The broker URL keeps its `redis://` or `rediss://` scheme, and kombu resolves
+those two names to this transport (`register_transport`), so every tool that reads the scheme
+(Flower's broker page and queue lengths among them) knows it as Redis, while every process
+still takes its items through the gate.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
@@ -261,3 +267,15 @@ class Transport(kombu_redis.Transport):
 
 
 TRANSPORT = f"{__name__}:Transport"
+URL_SCHEMES = ("redis", "rediss")
+
+
+def register_transport() -> None:
+    """Make kombu resolve the `redis` and `rediss` schemes to this transport, in this process.
+    Naming the transport by its import path instead would put that path in the URL Celery
+    shows (`workers.contract.broker:Transport://...`), which no tool reading the scheme knows.
+    kombu keeps each name's class once resolved: that is dropped so the new one is taken."""
+    for scheme in URL_SCHEMES:
+        if kombu_transports.TRANSPORT_ALIASES.get(scheme) != TRANSPORT:
+            kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT
+            kombu_transports._transport_cache.pop(scheme, None)

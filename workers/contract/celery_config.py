@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from workers.contract.broker import TRANSPORT
+from celery import signals
+
+from workers.contract import logs
+from workers.contract.broker import register_transport
 from workers.contract.keys import Keys
 from workers.contract.protocol import CONTROL_QUEUE, DELIVER_TASK
 from workers.contract.settings import CelerySettings
@@ -44,7 +47,11 @@ def celery_config(
     settings: CelerySettings, accepted_tasks: Iterable[str] | None = None
 ) -> dict[str, Any]:
     """`accepted_tasks`: the only tasks this app's consumers take from their queues; anything
-    else there is a poison item for the broker's dead-letter list (None: any task)."""
+    else there is a poison item for the broker's dead-letter list (None: any task).
+
+    Every process builds its app from this, so each has the broker's transport registered
+    under the URL's own scheme before Celery opens a connection."""
+    register_transport()
     transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_s,
         # Celery's queues and bookkeeping under the fleet's prefix: fleets sharing a Redis
@@ -59,7 +66,6 @@ def celery_config(
     return {
         **({"broker_use_ssl": tls} if tls else {}),
         "broker_url": settings.redis_url,
-        "broker_transport": TRANSPORT,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
@@ -90,3 +96,30 @@ def quiet_task_trace(**_: Any) -> None:
     ours log one line per event instead, with the job and server ids."""
     for name in ("celery.app.trace", "celery.worker.strategy", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_like_ours(process_name: Callable[[], str]) -> None:
+    """Celery's own lines, as ours: one line each, in the format of OLLAMA_CLOUD_LOG_FORMAT
+    (text, or one JSON object per line), saying which process they came from. Python's
+    warnings are log lines too, those of a worker's start included. With JSON, the worker's
+    banner is not printed: every line it writes is an object (`celery --quiet` does the same
+    for beat's)."""
+
+    def log_from_the_start(**_: Any) -> None:
+        # Celery sets up its logging only after its first checks, which may warn.
+        logs.configure(logging.INFO, CelerySettings().log_format, process_name())
+        logging.captureWarnings(True)
+
+    def use_our_format(logger: logging.Logger, **_: Any) -> None:
+        logs.install()
+        logs.reformat(logger, CelerySettings().log_format, process_name())
+        logging.captureWarnings(True)
+
+    def no_banner_with_json(instance: Any, **_: Any) -> None:
+        if CelerySettings().log_format == "json":
+            instance.quiet = True
+
+    signals.celeryd_init.connect(log_from_the_start, weak=False)
+    signals.after_setup_logger.connect(use_our_format, weak=False)
+    signals.after_setup_task_logger.connect(use_our_format, weak=False)
+    signals.celeryd_after_setup.connect(no_banner_with_json, weak=False)
