@@ -16,6 +16,7 @@ from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Ledger
+from orchestrator.state.metrics import Metrics
 from workers.contract.keys import DEFAULT_PREFIX, Keys
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,15 @@ def connect_redis(url: str) -> redis.Redis:
     )
 
 
-def site_queue_client(settings: Settings) -> SiteQueueClient:
+def site_queue_client(settings: Settings, metrics: Metrics | None = None) -> SiteQueueClient:
+    """The site queue's client; its failed calls are counted by kind when `metrics` is given."""
     return SiteQueueClient(
         settings.queue_url,
         settings.queue_token_value(),
         timeout=settings.queue_timeout_s,
         max_answer_bytes=settings.max_answer_bytes,
         max_comments_bytes=settings.max_comments_bytes,
+        on_error=metrics.note_site_error if metrics is not None else None,
     )
 
 
@@ -96,19 +99,22 @@ class Services:
     fleet: Fleet
     queue: SiteQueueClient
     entities: EntityFolder  # read again when its files change
+    metrics: Metrics  # counts of events, for the fleet page's /metrics
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         state = State.from_settings(settings)
         entities = EntityFolder(settings.entities_dir)
+        metrics = Metrics(state.redis, state.keys)
         return cls(
             settings=settings,
             redis=state.redis,
             keys=state.keys,
             ledger=state.ledger,
             fleet=state.fleet,
-            queue=site_queue_client(settings),
+            queue=site_queue_client(settings, metrics),
             entities=entities,
+            metrics=metrics,
         )
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,6 +25,7 @@ from orchestrator.errors import (
     BadQueueAnswer,
     MessageGone,
     QueueClientError,
+    QueueError,
     QueueNotReached,
     QueueServerError,
     QueueUnreachable,
@@ -126,11 +127,14 @@ class SiteQueueClient:
         timeout: float = 10.0,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         max_comments_bytes: int = DEFAULT_MAX_COMMENTS_BYTES,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         """No answer is read past its cap: `max_answer_bytes` for each route's answer but the
         message list's, which is read as a stream, one message at a time, up to
-        `max_comments_bytes`."""
+        `max_comments_bytes`. `on_error` is told the kind of each failed call
+        (`error_kind`)."""
         self.base_url = base_url
+        self.on_error = on_error
         self.max_answer_bytes = max_answer_bytes
         self.max_comments_bytes = max_comments_bytes
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -174,7 +178,8 @@ class SiteQueueClient:
             )
             return ClaimNext(None, 0, 0, "answer over the cap", oversize=oversize)
         if answer.success and answer.message is None:
-            raise BadQueueAnswer("claim-next answered success without a message")
+            with self._noting_errors():
+                raise BadQueueAnswer("claim-next answered success without a message")
         return ClaimNext(
             message=answer.message if answer.success else None,
             total_pending=answer.total_pending,
@@ -220,7 +225,7 @@ class SiteQueueClient:
         Raises AnswerTooLarge past `max_comments_bytes`, after the messages read so far."""
         params = {"after": after_ms} if limit is None else {"after": after_ms, "limit": limit}
         path = "/api/comments"
-        with self._send("GET", path, None, params) as response:
+        with self._noting_errors(), self._send("GET", path, None, params) as response:
             if response.status_code != 200:
                 self._answer(response, path, "GET", gone=None)
             chunks = _capped_chunks(response, self.max_comments_bytes, f"GET {path}", self)
@@ -254,15 +259,26 @@ class SiteQueueClient:
         gone: str | None = None,
     ) -> Answer:
         """One request; `gone` names the message whose 404 means MessageGone."""
-        with self._send(method, path, body, params) as response:
-            answer = self._answer(response, path, method, gone=gone)
+        with self._noting_errors():
+            with self._send(method, path, body, params) as response:
+                answer = self._answer(response, path, method, gone=gone)
+            try:
+                return shape.model_validate(answer)
+            except ValidationError as exc:
+                text = json.dumps(answer)[:DETAIL_CHARS]
+                raise BadQueueAnswer(
+                    f"{method} {path}: answer is not the expected shape: {text!r}"
+                ) from exc
+
+    @contextmanager
+    def _noting_errors(self) -> Iterator[None]:
+        """Tell `on_error` the kind of a call that failed; the error goes on as it was."""
         try:
-            return shape.model_validate(answer)
-        except ValidationError as exc:
-            text = json.dumps(answer)[:DETAIL_CHARS]
-            raise BadQueueAnswer(
-                f"{method} {path}: answer is not the expected shape: {text!r}"
-            ) from exc
+            yield
+        except QueueError as exc:
+            if self.on_error is not None:
+                self.on_error(error_kind(exc))
+            raise
 
     @contextmanager
     def _send(
@@ -307,6 +323,33 @@ class SiteQueueClient:
         except ValueError as exc:
             text = content[:DETAIL_CHARS].decode("utf-8", "replace")
             raise BadQueueAnswer(f"{method} {path}: answer is not JSON: {text!r}") from exc
+
+
+# Every kind `error_kind` gives, so that the metrics show each from zero.
+ERROR_KINDS = (
+    "connect", "timeout", "network", "gone", "client_error", "server_error", "too_large",
+    "bad_answer",
+)  # fmt: skip
+
+
+def error_kind(exc: QueueError) -> str:
+    """A failed call's kind, as the metrics label it: `connect` (never reached the queue),
+    `timeout` (no answer in time: it may have been carried out), `network` (the connection
+    broke), `gone` (404: the message vanished), `client_error` (other 4xx), `server_error`
+    (5xx), `too_large` (an answer over its cap), `bad_answer` (not the contract)."""
+    if isinstance(exc, QueueNotReached):
+        return "connect"
+    if isinstance(exc, QueueUnreachable):
+        return "timeout" if isinstance(exc.__cause__, httpx.TimeoutException) else "network"
+    if isinstance(exc, MessageGone):
+        return "gone"
+    if isinstance(exc, QueueClientError):
+        return "client_error"
+    if isinstance(exc, QueueServerError):
+        return "server_error"
+    if isinstance(exc, AnswerTooLarge):
+        return "too_large"
+    return "bad_answer"
 
 
 def _read_capped(response: httpx.Response, cap: int, what: str, client: SiteQueueClient) -> bytes:

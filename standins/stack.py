@@ -23,6 +23,7 @@ from orchestrator.state.ledger import Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis, TlsFiles, free_port
 from standins.processes import ManagedProcess, ProcessGroup, python_command
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec, format_server_spec
 from standins.waiting import wait_for
 from workers.contract.keys import DEFAULT_PREFIX, Keys
@@ -87,9 +88,11 @@ class LocalStack:
         redis_tls: TlsFiles | None = None,
         key_prefix: str = DEFAULT_PREFIX,
         shared_redis: EmbeddedRedis | None = None,
+        web: bool = False,
     ) -> None:
         """`shared_redis`: a Redis that another stack (another fleet, under another
-        `key_prefix`) uses too; it is started and stopped by its owner, not by this stack."""
+        `key_prefix`) uses too; it is started and stopped by its owner, not by this stack.
+        `web`: the fleet page too (`ollama-cloud web`), at `web_url`."""
         self.specs = [
             spec.model_copy(update={"port": spec.port or free_port()})
             for spec in (servers or demo_fleet())
@@ -108,6 +111,8 @@ class LocalStack:
         (self.work_dir / "redis").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.queue_port = free_port()
+        self.web = web
+        self.web_port = free_port() if web else 0
         self.processes = ProcessGroup()
         self.key_prefix = key_prefix
         self.keys = Keys(key_prefix)
@@ -122,6 +127,11 @@ class LocalStack:
     @property
     def redis_url(self) -> str:
         return self.redis_server.url
+
+    @property
+    def web_url(self) -> str:
+        """The fleet page, when the stack runs it."""
+        return f"http://127.0.0.1:{self.web_port}"
 
     def sim_url(self, server_id: str) -> str:
         spec = next(spec for spec in self.specs if spec.name == server_id)
@@ -197,6 +207,8 @@ class LocalStack:
         self.start_beat()
         for index in range(self.bridge_count):
             self.start_bridge(index)
+        if self.web:
+            self.start_web()
         if workers:
             self.wait_online([spec.name for spec in self.specs])
         return self
@@ -242,13 +254,24 @@ class LocalStack:
         return self._start(name, argv, self.env())
 
     def start_beat(self, name: str = "beat") -> ManagedProcess:
-        argv = python_command("-m", "celery", "-A", "orchestrator", "beat", "-l", "info")
+        argv = python_command(
+            "-m", "celery", "-A", "orchestrator", "--quiet", "beat", "-l", "info"
+        )  # fmt: skip
         return self._start(name, argv, self.env())
 
     def start_bridge(self, index: int = 0) -> ManagedProcess:
         name = "bridge" if index == 0 else f"bridge-{index + 1}"
         argv = python_command("-m", "orchestrator", "bridge")
         return self._start(name, argv, self.env(BRIDGE_ID=name, CLAIM_IDLE_S="0.05"))
+
+    def start_web(self) -> ManagedProcess:
+        """The fleet page on its own port, answering once it serves."""
+        argv = python_command(
+            "-m", "orchestrator", "web", "--host", "127.0.0.1", "--port", str(self.web_port)
+        )  # fmt: skip
+        process = self._start("web", argv, self.env())
+        self.wait_http(f"{self.web_url}/healthz")
+        return process
 
     # Waiting ---------------------------------------------------------------------------------
 
@@ -312,14 +335,19 @@ class LocalStack:
         self.stop()
 
 
-def wait_quiet(stack: LocalStack, expected: int, timeout: float) -> None:
+def wait_quiet(
+    stack: LocalStack, expected: int, timeout: float, progress: ProgressReport | None = None
+) -> None:
     """Wait until the jobs of `expected` messages have finished in the ledger (each message's
-    reply, and its score when the stack scores messages)."""
+    reply, and its score when the stack scores messages); `progress` shows how many have."""
     jobs = expected * stack.jobs_per_message
 
     def finished() -> bool:
         stack.check_alive()
-        return stack.ledger.finished_count() >= jobs
+        done = stack.ledger.finished_count()
+        if progress is not None:
+            progress.update(min(done, jobs), total=jobs)
+        return done >= jobs
 
     wait_for(finished, timeout, interval=0.05, what=f"{jobs} jobs of {expected} messages finished")
 

@@ -277,7 +277,7 @@ def test_procfile_runs_the_orchestrator_host() -> None:
         line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
         if line and not line.startswith("#")
     )  # fmt: skip
-    assert set(entries) == {"bridge", "control", "beat", "flower"}
+    assert set(entries) == {"bridge", "control", "beat", "flower", "web"}
     assert "-Q control" in entries["control"]
     assert "ollama-cloud bridge" in entries["bridge"]
 

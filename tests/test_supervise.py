@@ -267,7 +267,7 @@ def procfile() -> dict[str, str]:
 
 def test_every_procfile_process_runs_under_the_supervisor() -> None:
     entries = procfile()
-    assert set(entries) == {"bridge", "control", "beat", "flower"}
+    assert set(entries) == {"bridge", "control", "beat", "flower", "web"}
     for name, command in entries.items():
         assert "ollama-cloud supervise -- " in command, name
     assert "ollama-cloud supervise -- ollama-cloud bridge" in entries["bridge"]

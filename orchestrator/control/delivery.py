@@ -18,13 +18,17 @@ from orchestrator.domain.replies import build_reply, parse_eq_score, post_proces
 from orchestrator.errors import EqInDoubt, MessageGone, QueueError, QueueNotReached
 from orchestrator.services import Services
 from orchestrator.site_queue import PostResult
+from orchestrator.state.delivered import Delivered, DeliveredRecord
 from orchestrator.state.ledger import DeliveryStart
+from orchestrator.state.metrics import SCORES_APPLIED, generation_figures
 from workers.contract.job import JobState
 from workers.contract.protocol import ErrorKind, GenerateResult
 
 log = logging.getLogger(__name__)
 
 PENDING = "pending:"  # an EQ guard's value while its PATCH is on its way
+# The event a job's end is logged as: a reply posted and completed, withheld, or a score.
+DELIVERED_EVENT = {Outcome.ANSWERED: "deliver", Outcome.SKIPPED: "skip", Outcome.SCORED: "score"}
 
 
 def deliver(services: Services, payload: dict[str, Any]) -> str:
@@ -37,13 +41,13 @@ def deliver(services: Services, payload: dict[str, Any]) -> str:
     job = start.job
     if job is None:
         log.warning(
-            "job=%s server=%s result for a job not in the ledger: dropped",
-            result.job_id, result.server_id,
+            "drop job=%s attempt=%d server=%s: result for a job not in the ledger",
+            result.job_id, result.attempt, result.server_id,
         )  # fmt: skip
         return "unknown"
     if result.stale or not start.current:
         log.info(
-            "job=%s attempt=%d server=%s stale result dropped (ledger: attempt %d, %s)",
+            "stale job=%s attempt=%d server=%s: result dropped (ledger: attempt %d, %s)",
             job.id, result.attempt, result.server_id, job.attempt, job.state.value,
         )  # fmt: skip
         return "stale"
@@ -59,13 +63,16 @@ def deliver_reply(services: Services, job: Job, result: GenerateResult) -> str:
     entity = services.entities.get(job.entity or "")
     if entity is None:
         reason = f"entity {job.entity!r} vanished before delivery"
+        log.warning(
+            "reject job=%s attempt=%d server=%s: %s", job.id, result.attempt, result.server_id,
+            reason,
+        )  # fmt: skip
         services.ledger.finish(job.id, JobState.REJECTED, reason=reason, outcome=Outcome.REJECTED)
         complete(services, job.message_id)
         return "rejected"
     text = post_process(result.outcome.text, entity, services.entities.global_settings)
     if text is None:
-        outcome = Outcome.SKIPPED
-        log.info("job=%s server=%s reply skipped by the entity's rules", job.id, result.server_id)
+        outcome = Outcome.SKIPPED  # the entity's rules withheld it: `skip` tells it
     else:
         outcome = Outcome.ANSWERED
         post_reply(services, job, build_reply(entity, message, text).wire())
@@ -105,21 +112,51 @@ def finish_delivered(
         started_at=result.started_at,
         generated_at=result.finished_at,
         score=score,
+        figures=generation_figures(
+            services.keys, result.server_id, job.model or "", result.outcome.timings
+        ),
     )
-    pipe.execute()
+    if pipe.execute()[-1]:  # finished now, not by an earlier delivery of the same result
+        note_delivered(services, job, outcome, result)
     elapsed_ms = (result.finished_at - job.claimed_at) * 1000
     log.info(
-        "job=%s attempt=%d server=%s %s in %.0f ms%s",
-        job.id, result.attempt, result.server_id, outcome, elapsed_ms,
-        "" if score is None else f": EQ {score}",
+        "%s job=%s attempt=%d server=%s outcome=%s total_ms=%.0f%s",
+        DELIVERED_EVENT.get(outcome, "deliver"), job.id, result.attempt, result.server_id,
+        outcome, elapsed_ms, "" if score is None else f" eq={score}",
     )  # fmt: skip
+
+
+def note_delivered(
+    services: Services, job: Job, outcome: Outcome, result: GenerateResult | None = None
+) -> None:
+    """The fleet page's record of what ended lately: the job, its latency and its speed."""
+    now = time.time()
+    timings = result.outcome.timings if result is not None else None
+    eval_s = timings.eval_ms / 1000 if timings else 0.0
+    DeliveredRecord(services.redis, services.keys).note(
+        Delivered(
+            at=round(now, 3),
+            job_id=job.id,
+            kind=job.kind.value,
+            outcome=outcome,
+            server_id=result.server_id if result is not None else job.server_id or "",
+            entity=job.entity,
+            model=job.model,
+            attempt=result.attempt if result is not None else job.attempt,
+            latency_ms=round((now - job.claimed_at) * 1000, 1),
+            generation_ms=round(timings.wall_ms, 1) if timings else None,
+            tokens_per_s=(
+                round(timings.eval_count / eval_s, 1) if timings and eval_s > 0 else None
+            ),
+        )
+    )
 
 
 def post_reply(services: Services, job: Job, reply: dict[str, Any]) -> PostResult:
     """Post the reply; its id is derived from the human message's, so a repeat is a duplicate."""
     answer = services.queue.post_comment(reply)
     if answer.status == "duplicate":
-        log.warning("job=%s reply %s was already on the site (duplicate)", job.id, answer.id)
+        log.warning("duplicate job=%s reply=%s: already on the site", job.id, answer.id)
     return answer
 
 
@@ -168,6 +205,7 @@ def apply_eq_once(services: Services, job: Job, score: int, guard: str | None) -
         # Nothing reached the queue: lift the guard so the task's retry may apply it.
         ledger.lift_eq_guard(job.id)
         raise
+    services.metrics.count(SCORES_APPLIED)
     return score
 
 
@@ -194,7 +232,10 @@ def fail(services: Services, job: Job, result: GenerateResult) -> str:
         cooldown = services.fleet.record_failure(
             result.server_id, settings.cooldown_s, settings.cooldown_max_s
         )
-        log.warning("server=%s cools down for %.1fs after %s", result.server_id, cooldown, kind)
+        log.warning(
+            "cooldown server=%s job=%s attempt=%d error=%s seconds=%.1f",
+            result.server_id, job.id, result.attempt, kind, cooldown,
+        )  # fmt: skip
     after = job.with_attempt(failed)
     now = time.time()
     trim = job.trim
@@ -224,9 +265,8 @@ def fail(services: Services, job: Job, result: GenerateResult) -> str:
     if not moved:
         return "stale"
     log.warning(
-        "job=%s attempt=%d server=%s failed (%s): tries again in %.2fs%s",
-        job.id, result.attempt, result.server_id, kind, backoff,
-        " with the history cut" if trim > job.trim else "",
+        "retry job=%s attempt=%d server=%s error=%s backoff=%.2fs trim=%d",
+        job.id, result.attempt, result.server_id, kind, backoff, trim,
     )  # fmt: skip
     return "rerouted"
 
@@ -257,10 +297,13 @@ def end(services: Services, job: Job, reason: str) -> None:
     apology if any, complete, dead letter. A score: a dead letter with its reason (nothing on
     the site: the message keeps no score, and `jobs` shows why)."""
     if job.kind is JobKind.SCORE:
-        log.error("job=%s score lost: %s", job.id, reason)
-        services.ledger.finish(job.id, JobState.DEAD, reason=reason, outcome=Outcome.SCORE_LOST)
+        log.error("score lost job=%s attempt=%d server=%s: %s", job.id, job.attempt,
+                  job.server_id or "none", reason)  # fmt: skip
+        if services.ledger.finish(job.id, JobState.DEAD, reason=reason, outcome=Outcome.SCORE_LOST):
+            note_delivered(services, job, Outcome.SCORE_LOST)
         return
-    log.error("job=%s dead: %s", job.id, reason)
+    log.error("dead job=%s attempt=%d server=%s: %s", job.id, job.attempt,
+              job.server_id or "none", reason)  # fmt: skip
     apology = services.settings.apology_text
     problems = []
     try:
@@ -274,7 +317,8 @@ def end(services: Services, job: Job, reason: str) -> None:
         problems.append(f"error while ending it: {exc!r}")
         log.exception("job=%s could not be ended cleanly", job.id)
     full_reason = "; ".join([reason, *problems])
-    services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome=Outcome.DEAD)
+    if services.ledger.finish(job.id, JobState.DEAD, reason=full_reason, outcome=Outcome.DEAD):
+        note_delivered(services, job, Outcome.DEAD)
 
 
 def post_apology(services: Services, job: Job, apology: str) -> None:

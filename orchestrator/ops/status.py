@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.domain.servers import ServerView
 from orchestrator.ops.durations import ago
 from orchestrator.services import State
 from orchestrator.settings import Settings
@@ -40,6 +41,8 @@ class ServerRow:
     fault: str = ""  # why its model server does not answer
     tailscale_ip: str = ""  # where its worker's machine is on the tailnet, when it is on one
     tailscale_name: str = ""
+    tokens_per_s: float | None = None  # mean of its per-model moving averages
+    inflight_models: dict[str, int] = field(default_factory=dict)  # its jobs' models, counted
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ def read_status(state: State) -> FleetStatus:
                 model_slots=dict(sorted(server.model_slots.items())),
                 tailscale_ip=server.tailscale_ip,
                 tailscale_name=server.tailscale_name,
+                tokens_per_s=mean_tokens_per_s(server),
+                inflight_models=dict(sorted(server.inflight_models.items())),
             )
         )
     active_jobs, dead_letters = state.ledger.totals()
@@ -105,6 +110,12 @@ def read_status(state: State) -> FleetStatus:
         active_jobs=active_jobs,
         dead_letters=dead_letters,
     )
+
+
+def mean_tokens_per_s(server: ServerView) -> float | None:
+    """The server's generation speed over the models it has run, as control measured it."""
+    speeds = [speed.tokens_per_s for speed in server.speeds.values() if speed.tokens_per_s]
+    return round(sum(speeds) / len(speeds), 1) if speeds else None
 
 
 def loaded_text(row: ServerRow) -> str:

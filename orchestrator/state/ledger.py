@@ -21,6 +21,7 @@ import redis
 
 from orchestrator.domain.job import Attempt, Job, JobKind, Outcome, score_job_id
 from orchestrator.errors import JobRefused
+from orchestrator.state.metrics import REROUTED, Figure
 from workers.contract.job import HELD_BY_BRIDGE, JobState, may_step
 from workers.contract.keys import Keys
 from workers.contract.scripts import pairs_to_dict, register
@@ -189,6 +190,7 @@ class Ledger:
         self._reserve = register(client, "reserve")
         self._release_leaked = register(client, "release_leaked")
         self._revive = register(client, "revive")
+        self._add_figures = register(client, "add_figures")
 
     # Reading ------------------------------------------------------------------------------
 
@@ -264,6 +266,10 @@ class Ledger:
         pipe.zcard(self.keys.lost_scores)
         active, dead, lost = pipe.execute()
         return int(active), int(dead) + int(lost)
+
+    def retrying_count(self) -> int:
+        """How many jobs are queued to be placed again (failover, sweep, recovery)."""
+        return int(self.redis.zcard(self.keys.retry_jobs))
 
     def finished_count(self) -> int:
         """How many jobs have finished."""
@@ -458,9 +464,13 @@ class Ledger:
         if failed is not None:
             fields["attempts"] = attempts_json([*job.attempts, failed])
             fields["last_error"] = failed.describe()[:ERROR_CHARS]
-        return self._step(
+        moved = self._step(
             job.id, allowed, fields, attempt=attempt, server_id=server_id, retry_at=at
         )
+        if moved:
+            reason = failed.error_kind if failed is not None and failed.error_kind else "other"
+            self.redis.hincrby(self.keys.metric_counts, f"{REROUTED}:{job.kind}:{reason}", 1)
+        return moved
 
     def take_retries(self, bridge_id: str, limit: int = 50) -> list[Job]:
         """The retries due now, each now held (`waiting`) by this bridge alone."""
@@ -568,10 +578,12 @@ class Ledger:
         started_at: float | None = None,
         generated_at: float | None = None,
         score: int | None = None,
+        figures: list[Figure] | None = None,
     ) -> None:
         """The `finish` step, added to a caller's pipeline to save round trips. A finished job
         keeps a compact summary: not its message (but for a dead letter, which may be retried),
-        nor its result, nor its once-guards (a finished job takes no delivery again)."""
+        nor its result, nor its once-guards (a finished job takes no delivery again). Its
+        `figures` (for the metrics) are added with it, once, when `pipe` is a transaction."""
         if not state.finished:
             raise ValueError(f"{state} is not a finished state")
         now = time.time()
@@ -591,6 +603,15 @@ class Ledger:
         else:
             kept = "lost" if outcome == Outcome.SCORE_LOST else "letter"
         keys = self.keys
+        if figures:
+            hashes = sorted({figure.key for figure in figures})
+            where = {key: str(index) for index, key in enumerate(hashes, start=2)}
+            self._add_figures(
+                keys=[keys.job(job_id), *hashes],
+                args=[str(item) for figure in figures
+                      for item in (where[figure.key], figure.field, figure.amount)],
+                client=pipe,
+            )  # fmt: skip
         self._finish(
             keys=[
                 keys.job(job_id),
@@ -601,6 +622,7 @@ class Ledger:
                 keys.dead_letters,
                 keys.once_eq(job_id),
                 keys.lost_scores,
+                keys.metric_counts,
             ],
             args=[
                 job_id,

@@ -126,6 +126,17 @@ class Keys:
         return f"{self.prefix}:site:refused"
 
     @property
+    def recent_replies(self) -> str:
+        """List, newest first and bounded: the latest delivered jobs (replies and scores), each
+        a JSON line with its server, entity, outcome and latencies, for the fleet page."""
+        return f"{self.prefix}:delivered:recent"
+
+    def minute_totals(self, minute: int) -> str:
+        """Hash with TTL: delivered jobs by outcome in one minute (`minute` is Unix seconds
+        divided by 60), for the fleet page's totals per minute."""
+        return f"{self.prefix}:delivered:per-minute:{minute}"
+
+    @property
     def finished_jobs(self) -> str:
         """String: how many jobs have finished. A finished job's hash expires by itself."""
         return f"{self.prefix}:jobs:finished"
@@ -180,3 +191,34 @@ class Keys:
     def counters(self) -> str:
         """Hash of fleet-wide counters (answered, skipped, rejected, dead) for status and demo."""
         return f"{self.prefix}:counters"
+
+    # Metrics: counted where each event happens, in any process; read by `/metrics`.
+    @property
+    def metric_counts(self) -> str:
+        """Hash of event counts since the fleet began, field `name` or `name:label:...`:
+        messages claimed, jobs finished by kind and outcome, jobs rerouted by kind and reason,
+        scores applied, site queue errors by kind."""
+        return f"{self.prefix}:metrics:counts"
+
+    @property
+    def generation_seconds(self) -> str:
+        """Hash: the histogram of generations' wall time by server and model; fields are JSON
+        `[server, model, bucket]`, a bucket being its upper bound's count (not cumulative),
+        `sum` or `count`."""
+        return f"{self.prefix}:metrics:generation-seconds"
+
+    @property
+    def tokens_per_second(self) -> str:
+        """Hash: the histogram of generations' speed by server and model (same fields)."""
+        return f"{self.prefix}:metrics:tokens-per-second"
+
+    @property
+    def cold_loads(self) -> str:
+        """Hash: generations that loaded their model first, JSON `[server, model]` to a count."""
+        return f"{self.prefix}:metrics:cold-loads"
+
+    @property
+    def bridge_waiting(self) -> str:
+        """Hash: each bridge's jobs waiting for a slot, by bridge id, renewed every second;
+        a bridge whose liveness key is gone is pruned when read."""
+        return f"{self.prefix}:metrics:bridge-waiting"

@@ -15,6 +15,7 @@
 -- KEYS[6] dead letters: sorted set by when they died
 -- KEYS[7] the EQ score's once-guard
 -- KEYS[8] lost scores: sorted set by when they were lost
+-- KEYS[9] metric counts: hash, `finished:{kind}:{outcome}` counted here
 -- ARGV[1] job id
 -- ARGV[2] now (epoch seconds)
 -- ARGV[3] the counter to add one to (the outcome)
@@ -24,7 +25,7 @@
 -- ARGV[7] how long a dead letter is kept (ms)
 -- ARGV[8..] field, value pairs to write (its final state among them)
 -- Returns 1 if this call ended the job, 0 if it had already ended.
-local state = redis.call('HGET', KEYS[1], 'state')
+local state, kind = unpack(redis.call('HMGET', KEYS[1], 'state', 'kind'))
 if not state or state == DONE or state == REJECTED or state == DEAD then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('HDEL', KEYS[1], 'result', 'result_at', 'delivering_at')
@@ -50,6 +51,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('INCR', KEYS[4])
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[9], 'finished:' .. (kind or 'reply') .. ':' .. ARGV[3], 1)
 if ARGV[4] ~= 'summary' then
   local index = ARGV[4] == 'letter' and KEYS[6] or KEYS[8]
   redis.call('ZADD', index, ARGV[2], ARGV[1])
