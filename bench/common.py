@@ -9,6 +9,7 @@ project root on `sys.path`).
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ QWEN = "qwen2.5:7b"  # the-critic's
 ETERNAL = "the-eternal"
 CRITIC = "the-critic"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The system's Chromium, headless, as root, on a machine with no way out: what every start needs
+# so it neither sandboxes (root) nor reaches for Google's hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def system_chromium() -> str | None:
+    """The system's Chromium (Debian's package: `make browser`); never a downloaded one."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and Path("/usr/bin/chromium").exists():
+        found = "/usr/bin/chromium"
+    return found
 
 
 def chat_message(

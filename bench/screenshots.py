@@ -10,21 +10,25 @@ jobs are in flight. Uses the system's Chromium through Playwright; never downloa
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script: the project root makes `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import io
 import itertools
 import math
 import random
 import re
-import shutil
-import sys
 import tempfile
-from pathlib import Path
 
 from playwright.sync_api import Browser, expect, sync_playwright
 from rich.console import Console
 from rich.measure import Measurement
 
+from bench.common import CHROMIUM_ARGS, system_chromium
 from orchestrator.ops.status import read_status, status_table
 from standins.demo import sample_message
 from standins.stack import LocalStack, stop_on_sigterm
@@ -33,14 +37,6 @@ from standins.waiting import wait_for
 WIDTH = 1280
 HEIGHT = 1200
 STATUS_COLUMNS = 150
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def busy(stack: LocalStack, posted: int) -> bool:
@@ -85,7 +81,7 @@ def status_picture(browser: Browser, stack: LocalStack, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--chromium", default=system_chromium() or "/usr/bin/chromium")
     parser.add_argument("--rate", type=float, default=12.0, help="messages a second")
     args = parser.parse_args()
     if not Path(args.chromium).exists():

@@ -189,28 +189,34 @@ mesh_app = typer.Typer(invoke_without_command=True)
 app.add_typer(mesh_app, name="mesh")
 
 
+MeshHosts = Annotated[
+    list[str] | None,
+    typer.Option("--hosts", help="Serve the config's aliases matching this pattern (mac-*)"),
+]
+MeshNodes = Annotated[
+    list[str] | None, typer.Option("--node", help="Serve this alias (repeat for more)")
+]
+MeshBackendOption = Annotated[
+    MeshBackend | None,
+    typer.Option("--backend", help="What listens on each node (else OLLAMA_CLOUD_BACKEND, ollama)"),
+]
+MeshPorts = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--port",
+        help="The model server's port on each node's 127.0.0.1: PORT, or alias=PORT "
+        "(repeat); else the backend's usual one",
+    ),
+]
+
+
 @mesh_app.callback()
 def mesh(
     ctx: typer.Context,
-    hosts: Annotated[
-        list[str] | None,
-        typer.Option("--hosts", help="Serve the config's aliases matching this pattern (mac-*)"),
-    ] = None,
-    node: Annotated[
-        list[str] | None, typer.Option("--node", help="Serve this alias (repeat for more)")
-    ] = None,
-    backend: Annotated[
-        MeshBackend | None,
-        typer.Option(help="What listens on each node (else OLLAMA_CLOUD_BACKEND, ollama)"),
-    ] = None,
-    port: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--port",
-            help="The model server's port on each node's 127.0.0.1: PORT, or alias=PORT "
-            "(repeat); else the backend's usual one",
-        ),
-    ] = None,
+    hosts: MeshHosts = None,
+    node: MeshNodes = None,
+    backend: MeshBackendOption = None,
+    port: MeshPorts = None,
     log_level: LogLevel = "info",
     log_format: LogFormatOption = None,
 ) -> None:
@@ -382,21 +388,10 @@ def worker_uninstall(
 
 @mesh_app.command("install")
 def mesh_install(
-    hosts: Annotated[
-        list[str] | None,
-        typer.Option("--hosts", help="Serve the config's aliases matching this pattern (mac-*)"),
-    ] = None,
-    node: Annotated[
-        list[str] | None, typer.Option("--node", help="Serve this alias (repeat for more)")
-    ] = None,
-    backend: Annotated[
-        MeshBackend | None,
-        typer.Option(help="What listens on each node (else OLLAMA_CLOUD_BACKEND, ollama)"),
-    ] = None,
-    port: Annotated[
-        list[str] | None,
-        typer.Option("--port", help="PORT, or alias=PORT (repeat), as `mesh` takes it"),
-    ] = None,
+    hosts: MeshHosts = None,
+    node: MeshNodes = None,
+    backend: MeshBackendOption = None,
+    port: MeshPorts = None,
     name: MeshName = None,
     system: SystemService = False,
     user: ServiceUser = None,

@@ -5,13 +5,13 @@ reload, the counts match what the site queue received, and a hostile reason stay
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.common import CHROMIUM_ARGS, system_chromium
 from orchestrator.domain.job import Attempt, Outcome
 from orchestrator.domain.messages import BotParams, NewMessage
 from standins.stack import LocalStack, wait_quiet
@@ -22,23 +22,13 @@ pytestmark = pytest.mark.e2e
 
 HEARTBEAT_TTL_S = 5  # the worker's default
 MESSAGES = 8
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 HOSTILE = '<img src=x onerror="window.pwned=1">'
 USER, PASSWORD = "operator", "a-long-password"
 
 
 def chromium() -> str:
     """The system's Chromium; never a downloaded one."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
+    found = system_chromium()
     if found is None:
         message = "no chromium on this machine: `make browser` installs Debian's"
         if os.environ.get("OLLAMA_CLOUD_TEST_BROWSER") == "required":
