@@ -71,6 +71,7 @@ from orchestrator.errors import QueueError
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.ledger import Ledger
 from standins.processes import ManagedProcess
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
 from standins.waiting import wait_for
@@ -383,6 +384,11 @@ def wait_finished(
         nonlocal said_at, last_post_at
         snapshot = take_snapshot(stack, queue, poster.posted)
         progress.note(snapshot)
+        bar.update(
+            progress.best.get("finished", 0),
+            note=f"posted {snapshot.posted}/{len(poster.messages)}, "
+            f"events {sum(chaos.record.events.values())}, crashes {len(chaos.record.crashes)}",
+        )
         now = time.monotonic()
         if now - said_at >= report_every_s:
             said_at = now
@@ -405,7 +411,9 @@ def wait_finished(
             return "max_wait"
         return None
 
-    with stack.queue_client() as queue:
+    # A bar on a terminal; elsewhere the lines `say` writes are the progress.
+    bar = ProgressReport("jobs finished", total=len(job_ids), plain=False)
+    with stack.queue_client() as queue, bar:
         # No deadline of its own: `outcome` ends the wait (a stall, or max_wait after posting).
         ended = wait_for(outcome, math.inf, interval=poll_s, what="the messages to finish")
     return None if ended == "finished" else ended

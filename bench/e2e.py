@@ -70,6 +70,7 @@ from orchestrator.settings import Settings
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis
 from standins.processes import ManagedProcess, ProcessGroup, python_command
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
 from standins.waiting import wait_for
@@ -208,7 +209,8 @@ def pipeline_rate(
     )
     bridge_meter = CpuMeter({"bridge": [bridge.pid]})
     bridge_meter.start()
-    wait_quiet(stack, expected=already_finished + count, timeout=600)
+    with ProgressReport("sustained rate: jobs finished") as progress:
+        wait_quiet(stack, expected=already_finished + count, timeout=600, progress=progress)
     cpu = {**bridge_meter.stop(), **ours.stop()}
     other_cpu = others.stop()
     jobs = stack.ledger.get_many([f"rate-{index}" for index in range(count)])
@@ -225,8 +227,9 @@ def added_latency_ms(stack: LocalStack, count: int, already_finished: int) -> li
     """One message at a time: from its claim to its reply's arrival on the queue."""
     added: list[float] = []
     ledger = stack.ledger
-    with stack.queue_client() as queue:
+    with stack.queue_client() as queue, ProgressReport("one at a time", total=count) as progress:
         for index in range(count):
+            progress.update(index)
             queue.post_comment(message(index, "single"))
             wait_quiet(stack, expected=already_finished + index + 1, timeout=60)
             job = ledger.get(f"single-{index}")
@@ -239,6 +242,7 @@ def added_latency_ms(stack: LocalStack, count: int, already_finished: int) -> li
             reply_posted_s = int(replies[0]["timestamp"]) / 1000
             # Zero-latency servers: the simulated generation time is nil, nothing to subtract.
             added.append((reply_posted_s - job.claimed_at) * 1000)
+        progress.update(count)
     return added
 
 
@@ -297,9 +301,14 @@ def celery_floor(count: int) -> float:
                             queue=floor_app.SERVER_QUEUE,
                             producer=producer,
                         )
-                wait_for(
-                    lambda: done_count(client) >= count, 300, interval=0.005, what="floor done"
-                )
+                with ProgressReport("celery floor", total=count) as progress:
+
+                    def floor_done() -> bool:
+                        done = done_count(client)
+                        progress.update(min(done, count))
+                        return done >= count
+
+                    wait_for(floor_done, 300, interval=0.005, what="floor done")
                 return count / (time.monotonic() - started)
         finally:
             client.close()
@@ -388,12 +397,21 @@ def http_floor(count: int) -> tuple[float, dict[str, float], dict[str, float]]:
                                 producer=producer,
                             )
                 driver_cpu = time.process_time() - cpu_before
-                wait_for(
-                    lambda: done_count(stack.redis) >= JOBS_PER_MESSAGE * messages,
-                    timeout_s,
-                    interval=0.005,
-                    what=f"{prefix}: {messages} messages through the HTTP floor",
-                )
+                jobs_sent = JOBS_PER_MESSAGE * messages
+                # Shown from here on: a bar drawn during the sends would count in driver_cpu.
+                with ProgressReport(f"HTTP floor ({prefix}): jobs", total=jobs_sent) as progress:
+
+                    def floor_done() -> bool:
+                        done = done_count(stack.redis)
+                        progress.update(min(done, jobs_sent))
+                        return done >= jobs_sent
+
+                    wait_for(
+                        floor_done,
+                        timeout_s,
+                        interval=0.005,
+                        what=f"{prefix}: {messages} messages through the HTTP floor",
+                    )
                 return time.monotonic() - started, driver_cpu
 
             # Warm up: every worker consuming, each thread's connections open.

@@ -12,10 +12,11 @@ and measures until the reply is posted on the queue by another server, less that
 generation time (ledger: generated_at - started_at of the final attempt). Trials alternate
 between the two kinds; before each, every server is online, healthy and out of its cooldown.
 
-Prints one JSON object as its last line: refused_s_p50/max, vanished_s_p50/max, trials, the
-heartbeat and loss settings measured with (the product defaults), and per kind the p50 of each
-stage (`stages_p50`): detect (loss → failure recorded in the ledger), replace (→ dispatched
-again), start (→ the other worker began), post (generation end → reply posted).
+Prints one JSON object on stdout (each trial's line, and the progress, go to stderr):
+refused_s_p50/max, vanished_s_p50/max, trials, the heartbeat and loss settings measured with (the
+product defaults), and per kind the p50 of each stage (`stages_p50`): detect (loss → failure
+recorded in the ledger), replace (→ dispatched again), start (→ the other worker began), post
+(generation end → reply posted).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.common import ETERNAL, LLAMA, bench_parser, chat_message, kept_dir, p
 from orchestrator.domain.job import Job
 from orchestrator.settings import Settings
 from orchestrator.state.ledger import Ledger
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
 from standins.waiting import wait_for
@@ -204,13 +206,16 @@ def main() -> None:
     args = parser.parse_args()
     stop_on_sigterm()
     results: list[dict[str, Any]] = []
-    with LocalStack(fleet(args.tps), work_dir=args.keep_dir) as stack:
+    trials = ProgressReport("trials", total=args.trials * len(KINDS), plain=False)
+    with LocalStack(fleet(args.tps), work_dir=args.keep_dir) as stack, trials:
         ledger = stack.ledger
         for index in range(args.trials):
             for kind in KINDS:
                 result = trial(stack, ledger, kind, index)
                 results.append(result)
-                print(json.dumps(rounded(result)), flush=True)
+                trials.advance()
+                # Each trial's line is its progress; stdout holds the figures alone.
+                print(json.dumps(rounded(result)), file=sys.stderr, flush=True)
     report: dict[str, Any] = {
         "trials": args.trials,
         **{key: value for kind in KINDS for key, value in summary(results, kind).items()},

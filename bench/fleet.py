@@ -69,6 +69,7 @@ from orchestrator.domain.routing import choose_server
 from orchestrator.entity_folder import load_entities
 from orchestrator.state.fleet import Fleet
 from standins import SAMPLE_ENTITIES_DIR
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm, wait_quiet, worker_capacity
 from workers.contract.keys import Keys
@@ -229,7 +230,8 @@ def run_policy(
             with stack.queue_client() as queue:
                 for message in messages:
                     queue.post_comment(message)
-            wait_quiet(stack, expected=len(messages), timeout=1800)
+            with ProgressReport(f"{policy}: jobs finished") as progress:
+                wait_quiet(stack, expected=len(messages), timeout=1800, progress=progress)
             jobs = stack.ledger.get_many([str(m.id) for m in messages])
             stats = [sim_stats(stack.sim_url(spec.name)) for spec in stack.specs]
             rss_mb = bridge_rss_mb(stack)

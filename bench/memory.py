@@ -102,6 +102,7 @@ from orchestrator.settings import Settings
 from orchestrator.state.ledger import ONCE_GUARD_LINGER_S, Ledger
 from standins import SAMPLE_ENTITIES_DIR
 from standins.embedded_redis import EmbeddedRedis
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm, wait_quiet
 from standins.waiting import wait_for
@@ -414,9 +415,10 @@ def oversized(sizes: dict[str, int]) -> dict[str, int]:
 def post(stack: LocalStack, first: int, count: int, context_count: int) -> list[str]:
     """Post `count` messages; the ids the site queue gave them."""
     ids = []
-    with stack.queue_client() as queue:
+    with stack.queue_client() as queue, ProgressReport("posted", total=count) as posted:
         for index in range(first, first + count):
             ids.append(queue.post_comment(site_message(index, entity_for(index), context_count)).id)
+            posted.advance()
     return ids
 
 
@@ -661,7 +663,8 @@ def measure(
             started = time.monotonic()
             ids = post(stack, WARM_UP_MESSAGES, messages, context_count)
             progress(f"posted in {time.monotonic() - started:.1f}s; waiting for their jobs")
-            wait_quiet(stack, WARM_UP_MESSAGES + messages, timeout=600)
+            with ProgressReport("jobs finished") as finished_jobs:
+                wait_quiet(stack, WARM_UP_MESSAGES + messages, timeout=600, progress=finished_jobs)
             settle(stack)
             progress("quiet; waiting for Redis's memory to hold still")
             steady_after = wait_steady(stack.redis)

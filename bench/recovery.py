@@ -98,6 +98,7 @@ from orchestrator.services import Services
 from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from standins.local_queue import SITE_CACHE_SIZE, Posted, QueueStore
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack, stop_on_sigterm
 from standins.waiting import wait_for
@@ -187,13 +188,16 @@ def fill_queue(path: Path, count: int, span_ms: int, seed: int) -> dict[str, Any
     began = time.monotonic()
     store = QueueStore(path)
     try:
-        for body in history_bodies(count, int(time.time() * 1000), span_ms, seed):
-            answer = store.post_comment(Posted(body))
-            if answer["status"] != "success":
-                raise RuntimeError(f"history message not stored: {answer}")
-            if body.get("message-type") != "AI":
-                store.claim(body["id"], EARLIER_BRIDGE)
-                store.complete(body["id"])
+        bodies = history_bodies(count, int(time.time() * 1000), span_ms, seed)
+        with ProgressReport("history stored", total=len(bodies)) as progress:
+            for body in bodies:
+                answer = store.post_comment(Posted(body))
+                if answer["status"] != "success":
+                    raise RuntimeError(f"history message not stored: {answer}")
+                if body.get("message-type") != "AI":
+                    store.claim(body["id"], EARLIER_BRIDGE)
+                    store.complete(body["id"])
+                progress.advance()
     finally:
         store.close()
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -407,16 +411,23 @@ def steady_phase(
         passes.phase = "steady"
         began = time.monotonic()
         ends = began + args.steady_s
-        while (left := ends - time.monotonic()) > 0:
-            # The measurement's length: the passes run meanwhile.
-            passes.stopping.wait(min(PROGRESS_EVERY_S, left))
-            stack.check_alive()
-            records = passes.of("steady")
-            say(
-                f"steady {time.monotonic() - began:4.0f}s: {len(records)} passes, max "
-                f"{max((r.site_bytes for r in records), default=0)} site bytes a pass, "
-                f"{len(poster.ids)} posted, {len(finished(stack, poster.ids))} answered"
-            )
+        # A bar on a terminal; elsewhere the lines said every PROGRESS_EVERY_S.
+        with ProgressReport("steady phase, s", total=args.steady_s, plain=False) as progress:
+            while (left := ends - time.monotonic()) > 0:
+                # The measurement's length: the passes run meanwhile.
+                passes.stopping.wait(min(PROGRESS_EVERY_S, left))
+                stack.check_alive()
+                records = passes.of("steady")
+                answered = len(finished(stack, poster.ids))
+                progress.update(
+                    round(min(time.monotonic() - began, args.steady_s)),
+                    note=f"{len(records)} passes, {answered} answered",
+                )
+                say(
+                    f"steady {time.monotonic() - began:4.0f}s: {len(records)} passes, max "
+                    f"{max((r.site_bytes for r in records), default=0)} site bytes a pass, "
+                    f"{len(poster.ids)} posted, {answered} answered"
+                )
         passes.phase = "drain"
         steady_s = time.monotonic() - began
         site_bytes_total = passes.services.queue.bytes_received - bytes_before
@@ -539,10 +550,12 @@ def loss_phase(
     since_ms = int(time.time() * 1000) - 1
     claims: list[LostClaim] = []
     probes: list[str] = []
-    for index in range(args.kills):
-        claim, probe = lose_one_claim(stack, queue, run, index, args.deadline)
-        claims.append(claim)
-        probes.append(probe)
+    with ProgressReport("bridges killed mid-claim", total=args.kills) as progress:
+        for index in range(args.kills):
+            claim, probe = lose_one_claim(stack, queue, run, index, args.deadline)
+            claims.append(claim)
+            probes.append(probe)
+            progress.advance()
     # Counted again at the end: a reply posted twice would show by now.
     replies = replies_since(queue, since_ms)
     ids = [claim.message_id for claim in claims if claim.made]

@@ -47,6 +47,7 @@ from functools import partial
 from typing import Any
 
 from bench.common import LLAMA, bench_parser, percentile
+from standins.progress import ProgressReport
 from standins.simulator import SimServerSpec, SimulatorFleet
 from standins.ssh_server import LoopbackSshd, SshHome
 from workers.backends import OllamaClient
@@ -117,8 +118,13 @@ def per_request(args: argparse.Namespace) -> dict[str, Any]:
                 tunnel.close()
             tunnel_connections = sshd.connections_made
             ssh_ms: list[float] = []
+            # The timed requests above take a second in all, with no bar drawing beside them;
+            # these, a tenth of a second each.
             if shutil.which("ssh") and shutil.which("curl"):
-                ssh_ms = [old_way_ms(home, port, index) for index in range(args.ssh_requests)]
+                with ProgressReport("ssh … curl requests", total=args.ssh_requests) as progress:
+                    for index in range(args.ssh_requests):
+                        ssh_ms.append(old_way_ms(home, port, index))
+                        progress.advance()
     direct_p50 = percentile(direct_ms, 0.5)
     tunnel_p50 = percentile(tunnel_ms, 0.5)
     ssh_p50 = percentile(ssh_ms, 0.5) if ssh_ms else None
@@ -187,9 +193,13 @@ def mesh_nodes(args: argparse.Namespace) -> dict[str, Any]:
 
                 def online() -> bool:
                     up = {server.id for server in state.fleet.read() if server.healthy}
+                    progress.update(len(set(aliases) & up))
                     return set(aliases) <= up
 
-                wait_for(online, 60 + args.nodes, interval=0.1, what=f"{args.nodes} nodes online")
+                with ProgressReport("mesh nodes online", total=args.nodes) as progress:
+                    wait_for(
+                        online, 60 + args.nodes, interval=0.1, what=f"{args.nodes} nodes online"
+                    )
                 took = time.perf_counter() - began
                 assert mesh.pid is not None
                 children = Path(f"/proc/{mesh.pid}/task/{mesh.pid}/children").read_text().split()

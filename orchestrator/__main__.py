@@ -19,6 +19,10 @@ EXTRA_OF = {
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["supervise"]:  # beside every process of the host: kept small
+        from orchestrator.ops.supervise import main as supervise  # noqa: PLC0415
+
+        sys.exit(supervise(sys.argv[2:]))
     try:
         from orchestrator.cli import app  # noqa: PLC0415 - a Mac's install has no typer
 

@@ -160,23 +160,19 @@ def web(
     raise typer.Exit(run_web(settings, stop_on_signals()))
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
-def supervise(
-    command: Annotated[list[str], typer.Argument(help="The command and its arguments, after --")],
-    max_backoff: Annotated[
-        float, typer.Option(min=0.1, help="Longest pause between restarts, in seconds")
-    ] = 30.0,
-    grace: Annotated[
-        float, typer.Option(min=0.0, help="Seconds to exit after a stop signal, else SIGKILL")
-    ] = 10.0,
-    log_level: LogLevel = "info",
-) -> None:
-    """Run COMMAND and start it again whenever it exits (after 1 s, 2 s, 4 s ... up to
-    --max-backoff); SIGTERM, SIGINT and SIGHUP go to it, then supervise exits with 0."""
-    from orchestrator.ops.supervise import supervise_command  # noqa: PLC0415
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
+def supervise(ctx: typer.Context) -> None:
+    """Run `-- COMMAND ...` and start it again whenever it exits (`supervise --help`)."""
+    from orchestrator.ops.supervise import main  # noqa: PLC0415
 
-    setup_logging(log_level, process="supervise")
-    raise typer.Exit(supervise_command(command, max_backoff=max_backoff, grace=grace))
+    raise typer.Exit(main(list(ctx.args)))
 
 
 class MeshBackend(StrEnum):

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 
@@ -20,6 +20,7 @@ from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.domain.servers import ServerView
 from orchestrator.site_queue import SiteQueueClient
 from standins.llamacpp import llamacpp_fleet, write_entities
+from standins.progress import ProgressReport
 from standins.stack import LocalStack, stop_on_sigterm
 
 console = Console()
@@ -162,10 +163,12 @@ def run_demo(messages: int | None, rate: float, timeout: float, backend: str = "
     with tempfile.TemporaryDirectory(prefix="ollama-cloud-entities-") as entities:
         if backend == "llamacpp":
             what = "a simulated llama.cpp pool manager and llama-server"
-            stack = LocalStack(llamacpp_fleet(), entities_dir=write_entities(Path(entities)))
+            stack = LocalStack(
+                llamacpp_fleet(), entities_dir=write_entities(Path(entities)), web=True
+            )
         else:
             what = "three simulated Macs"
-            stack = LocalStack()
+            stack = LocalStack(web=True)
         console.print(f"[bold]ollama-cloud demo[/bold]: starting Redis, the local queue, {what},")
         console.print("their workers, control, beat and the bridge…")
         return run_stack(stack, messages, rate, timeout)
@@ -181,8 +184,14 @@ def run_stack(stack: LocalStack, messages: int | None, rate: float, timeout: flo
         with console.status("starting"):
             stack.start()
         console.print(f"up in {time.monotonic() - started:.1f}s; logs in {stack.work_dir / 'logs'}")
+        if stack.web:
+            console.print(f"fleet page: [bold]{stack.web_url}[/bold]")
         started = time.monotonic()
-        with stack.queue_client() as queue, Live(console=console, refresh_per_second=4) as live:
+        with (
+            stack.queue_client() as queue,
+            ProgressReport("replies", total=messages, console=console, live=False) as replies,
+            Live(console=console, refresh_per_second=4) as live,
+        ):
             counter = itertools.count()
             if messages is not None:
                 for _ in range(messages):
@@ -199,11 +208,15 @@ def run_stack(stack: LocalStack, messages: int | None, rate: float, timeout: flo
                     progress.post(str(message.id))
                     next_post = now + 1.0 / rate
                 progress.refresh(stack)
-                live.update(
-                    Group(
-                        summary_table(progress, now - started), fleet_table(stack.fleet(), progress)
-                    )
-                )
+                posted = f"{len(progress.posted)} posted, " if messages is None else ""
+                replies.update(len(progress.finished), note=f"{posted}{progress.scored} scored")
+                shown: list[RenderableType] = [
+                    summary_table(progress, now - started),
+                    fleet_table(stack.fleet(), progress),
+                ]
+                if messages is not None and replies.renderable is not None:
+                    shown.append(replies.renderable)
+                live.update(Group(*shown))
                 if messages is not None and progress.done(messages):
                     break
                 if messages is not None and now - started > timeout:

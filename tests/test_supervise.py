@@ -19,6 +19,8 @@ import pytest
 from orchestrator.ops.supervise import HEALTHY_RUN, describe_exit, next_backoff
 from standins.embedded_redis import free_port
 from standins.waiting import wait_for
+from workers.contract import logs
+from workers.contract.settings import ENV_PREFIX, CelerySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -374,3 +376,26 @@ def test_flowers_password_is_in_its_environment_and_in_no_argv(
                     os.kill(pid, signal.SIGKILL)
             shell.kill()
             shell.wait()
+
+
+def test_the_supervisors_log_format_is_the_settings() -> None:
+    """The supervisor reads the log format's variable itself, without loading the settings."""
+    assert f"{ENV_PREFIX}{'log_format'.upper()}" == logs.LOG_FORMAT_VARIABLE
+    assert "log_format" in CelerySettings.model_fields
+
+
+def test_a_supervisor_loads_little(tmp_path: Path) -> None:
+    """One runs beside every process of the host: it must not load the whole command line."""
+    probe = (
+        "import sys, runpy; sys.argv = ['ollama-cloud', 'supervise', '--help']\n"
+        "try:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'typer', 'pydantic', 'celery', 'redis', 'httpx', 'rich'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--max-backoff" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -70,6 +70,9 @@ def install() -> None:
 # Formats ------------------------------------------------------------------------------------
 
 LOG_FORMATS = ("text", "json")
+# The log format's setting (CelerySettings.log_format), named here for a process too small to
+# load the settings (the supervisor).
+LOG_FORMAT_VARIABLE = "OLLAMA_CLOUD_LOG_FORMAT"
 # Keys whose values are names or ids: kept as text in JSON even when they look like numbers.
 TEXT_KEYS = frozenset({"job", "server", "runner_up", "bridge", "entity", "model", "tried", "queue"})
 _WORD = re.compile(r"[a-z][a-z_]*")
