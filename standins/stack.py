@@ -353,9 +353,11 @@ def wait_quiet(
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM end a bench or the demo as Ctrl-C does, so the stack is stopped by its pids."""
+    """Make SIGTERM, and SIGHUP (its terminal closed), end a bench or the demo as Ctrl-C does,
+    so the stack is stopped by its pids."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
