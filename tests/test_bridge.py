@@ -225,8 +225,10 @@ def test_dispatch_reserves_a_slot_and_records_the_server(bridge: Bridge) -> None
     assert waiting is not None
     assert waiting.state is JobState.WAITING
     assert [ready.job_id for ready in bridge.waiting] == ["second"]
-    # One generate task on the server's queue, nothing for control yet.
-    assert len(services.fleet.queued_tasks("mac-1")) == 1
+    # One generate task on the server's queue, nothing for control yet; its id names the job
+    # and the attempt, so Flower's page of it can be linked to.
+    (queued,) = services.fleet.queued_tasks("mac-1")
+    assert json.loads(queued)["headers"]["id"] == "first@1"
     assert services.fleet.queued_tasks(CONTROL_QUEUE) == []
 
 

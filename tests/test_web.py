@@ -187,6 +187,7 @@ def test_the_snapshot_shows_servers_jobs_letters_and_recent_replies(page: Page) 
     assert snapshot["totals"]["online"] == 1 and snapshot["totals"]["servers"] == 2
     assert [job["id"] for job in snapshot["active"]] == ["m-active"]
     assert snapshot["active"][0]["server_id"] == "mac-1" and snapshot["active_total"] == 1
+    assert snapshot["active"][0]["task_id"] == "m-active@1"  # Flower's /task/<id>
     (dead,) = snapshot["dead_letters"]
     assert dead["id"] == "m-dead" and dead["reason"] == "3 attempts failed"
     assert dead["entity"] == HOSTILE_ENTITY  # data, as it came: the page writes it as text
@@ -197,6 +198,7 @@ def test_the_snapshot_shows_servers_jobs_letters_and_recent_replies(page: Page) 
     assert snapshot["letters"]["lost_scores"]["count"] == 1
     (recent,) = snapshot["recent"]
     assert recent["job_id"] == "m-done" and recent["latency_ms"] == 850.0
+    assert recent["task_id"] == f"m-done@{recent['attempt']}"
     assert len(snapshot["per_minute"]) == 10
     assert snapshot["per_minute"][-1]["outcomes"] == {"answered": 1}
     assert snapshot["totals"]["outcomes"] == {"dead": 1, "score_lost": 1}

@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from bench.common import CHROMIUM_ARGS, system_chromium
 from orchestrator.domain.job import Attempt, Outcome
 from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.settings import Settings
 from standins.stack import LocalStack, wait_quiet
 from workers.contract.job import JobState
 from workers.contract.protocol import ErrorKind
@@ -101,6 +103,12 @@ def test_the_page_shows_the_fleet_live(stack: LocalStack, tmp_path: Path) -> Non
             expect(page.locator('[data-total="answered"] .value')).to_have_text(str(len(replies)))
             expect(page.locator('[data-total="scored"] .value')).to_have_text(str(MESSAGES))
             expect(page.locator("#recent tbody tr")).to_have_count(2 * MESSAGES)
+            # Each reply links to Flower's page of the generate task that made it.
+            first = page.locator("#recent tbody tr a").first
+            job_id = first.text_content()
+            flower = Settings.model_fields["flower_url"].default
+            href = first.get_attribute("href", timeout=1000) or ""
+            assert href.startswith(f"{flower}/task/{quote(f'{job_id}@', safe='')}"), href
             # A hostile entity and reason are shown as the text they are, and run nothing.
             hostile = page.locator('#dead tr[data-job="page-hostile"]')
             expect(hostile).to_contain_text(f"given up: {HOSTILE}")

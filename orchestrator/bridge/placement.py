@@ -19,7 +19,7 @@ from orchestrator.services import Services
 from orchestrator.state.fleet import Fleet
 from orchestrator.state.ledger import Reservation
 from workers.contract.model_names import model_key
-from workers.contract.protocol import GENERATE_TASK, GenerateJob
+from workers.contract.protocol import GENERATE_TASK, GenerateJob, generate_task_id
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ class Placement:
                 GENERATE_TASK,
                 args=[job.model_dump(mode="json")],
                 queue=server_id,
+                task_id=generate_task_id(ready.job_id, attempt),
                 argsrepr=job.argsrepr(),
             )
         except Exception as exc:  # the broker is Redis: when it is away, keep the job here

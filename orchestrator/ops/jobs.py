@@ -20,6 +20,7 @@ from orchestrator.settings import Settings
 from orchestrator.site_queue import SiteQueueClient
 from orchestrator.state.ledger import Kept, Ledger, Letters
 from workers.contract.job import JobState
+from workers.contract.protocol import generate_task_id
 
 DROP_REASON = "dropped by the operator"
 DROP_OUTCOME = Outcome.DROPPED  # its own counter: status tells drops from rejections
@@ -41,6 +42,7 @@ class ActiveRow:
     age_s: float
     deadline_in_s: float
     last_error: str | None
+    task_id: str | None  # its current attempt's generate task (Flower's /task/<id>)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class DeadRow:
     reason: str | None
     apology_posted: bool  # an apology took the reply's place: `retry` would be refused
     attempts: list[dict[str, Any]]
+    task_id: str | None  # its last attempt's generate task
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class JobsReport:
             "dead": [asdict(row) for row in self.dead],
             "letters": asdict(self.letters),
         }
+
+
+def task_of(job: Job) -> str | None:
+    """The generate task of the job's latest attempt, once it has had one."""
+    return generate_task_id(job.id, job.attempt) if job.attempt > 0 else None
 
 
 def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
@@ -88,6 +96,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
             age_s=round(max(0.0, now - job.claimed_at), 3),
             deadline_in_s=round(job.deadline - now, 3),
             last_error=job.last_error,
+            task_id=task_of(job),
         )
         for job in ledger.get_many(active_ids)
     ]
@@ -100,6 +109,7 @@ def read_jobs(ledger: Ledger, limit: int) -> JobsReport:
             reason=job.reason,
             apology_posted=job.apology_posted,
             attempts=[entry.model_dump(mode="json") for entry in job.attempts],
+            task_id=task_of(job),
         )
         for job in ledger.get_many(dead_ids)
     ]

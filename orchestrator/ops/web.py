@@ -48,6 +48,7 @@ from orchestrator.ops.status import read_status
 from orchestrator.services import State
 from orchestrator.settings import Settings
 from orchestrator.state.delivered import DeliveredRecord
+from workers.contract.protocol import generate_task_id
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def read_snapshot(state: State, flower_url: str) -> dict[str, Any]:
         "dead_letters": [asdict(row) for row in jobs.dead if row.kind == JobKind.REPLY],
         "lost_scores": [asdict(row) for row in jobs.dead if row.kind == JobKind.SCORE],
         "letters": asdict(jobs.letters),
-        "recent": [asdict(entry) for entry in recent],
+        "recent": [
+            {**asdict(entry), "task_id": generate_task_id(entry.job_id, entry.attempt)}
+            for entry in recent
+        ],
         "per_minute": [asdict(minute) for minute in minutes],
         "flower_url": flower_url,
     }

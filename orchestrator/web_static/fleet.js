@@ -186,15 +186,17 @@
     }, "", 3);
   }
 
-  function jobLink(id, flower) {
-    return link(id, flower ? flower + "/tasks" : null, "task detail in Flower");
+  // Flower's page of the job's latest generate task, else its task list.
+  function jobLink(id, taskId, flower) {
+    var target = !flower ? null : taskId ? flower + "/task/" + encodeURIComponent(taskId) : flower + "/tasks";
+    return link(id, target, "task detail in Flower");
   }
 
   function renderActive(rows, total, flower) {
     document.getElementById("active-count").textContent = rows.length < total ? "(" + rows.length + " of " + total + ")" : "(" + total + ")";
     fill("active", rows, function (tr, job) {
       tr.setAttribute("data-job", job.id);
-      cell(tr, "").replaceChildren(jobLink(job.id, flower));
+      cell(tr, "").replaceChildren(jobLink(job.id, job.task_id, flower));
       cell(tr, job.kind);
       cell(tr, job.state);
       cell(tr, job.attempt, "num");
@@ -210,7 +212,7 @@
     fill("recent", rows, function (tr, entry) {
       tr.setAttribute("data-job", entry.job_id);
       cell(tr, ago(now - entry.at));
-      cell(tr, "").replaceChildren(jobLink(entry.job_id, flower));
+      cell(tr, "").replaceChildren(jobLink(entry.job_id, entry.task_id, flower));
       cell(tr, entry.kind);
       cell(tr, entry.outcome, entry.outcome === "dead" || entry.outcome === "score_lost" ? "bad" : "");
       cell(tr, entry.server_id);
@@ -224,7 +226,7 @@
   function renderDead(tableId, rows, flower, now, emptyText) {
     fill(tableId, rows, function (tr, job) {
       tr.setAttribute("data-job", job.id);
-      cell(tr, "").replaceChildren(jobLink(job.id, flower));
+      cell(tr, "").replaceChildren(jobLink(job.id, job.task_id, flower));
       cell(tr, job.entity);
       cell(tr, job.finished_at ? ago(now - job.finished_at) : "-");
       var reason = cell(tr, job.reason, "reason");

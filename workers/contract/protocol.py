@@ -150,6 +150,12 @@ class ChatOutcome(BaseModel):
     timings: ChatTimings = Field(default_factory=ChatTimings)
 
 
+def generate_task_id(job_id: str, attempt: int) -> str:
+    """The id of a job's generate task for one attempt: Flower's page of that task is then
+    found from the ledger (`/task/<job>@<attempt>`)."""
+    return f"{job_id}@{attempt}"
+
+
 class GenerateJob(BaseModel):
     """The generate task's argument: one chat request (a reply's, or a score's), and nothing
     of the site."""
