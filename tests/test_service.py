@@ -9,7 +9,6 @@ import os
 import plistlib
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -23,9 +22,8 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.ops import service
 from orchestrator.ops.service import Program, Service, ServiceError
-from orchestrator.services import State
 from standins.simulator import SimServerSpec, SimulatorFleet
-from standins.waiting import wait_for
+from tests.fleet_checks import run_worker_until_registered
 
 BIN = Path(os.path.abspath(sys.executable)).parent
 CELERY = BIN / "celery"
@@ -526,29 +524,5 @@ def test_the_services_command_brings_the_worker_online(
         argv = exec_start_argv(target.definition_path.read_text())
         env = environment_as_read(target.environment_path)
         cwd = unit_values(target.definition_path.read_text())["WorkingDirectory"]
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    state = State.connect(redis_url)
-    try:
-
-        def registered() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            return any(server.online and server.healthy for server in state.fleet.read())
-
-        wait_for(registered, 60, what="the service's worker's heartbeat")
-        (server,) = state.fleet.read()
-        assert (server.id, server.capacity) == ("mac-1", 2)
-    finally:
-        state.close()
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    assert process.returncode == 0, log_path.read_text()
+    server = run_worker_until_registered(argv, env, cwd, redis_url, tmp_path / "worker.log")
+    assert (server.id, server.capacity) == ("mac-1", 2)
