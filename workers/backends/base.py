@@ -13,6 +13,7 @@ import httpx
 
 from workers.contract.protocol import ChatOutcome, ChatRequest, ChatTimings
 from workers.errors import BackendError, GenerationTimeout, ServerUnavailable
+from workers.transport import Links
 
 MAX_REPLY_BYTES = 1024 * 1024
 ERROR_BODY_BYTES = 4096  # of an error answer, what is read and kept
@@ -82,6 +83,18 @@ class Backend(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class LinkedBackend(Backend):
+    """A backend whose requests go through one httpx client over its links (direct, or SSH
+    tunnels to its node): both are closed with it."""
+
+    _http: httpx.Client
+    _links: Links
+
+    def close(self) -> None:
+        self._http.close()
+        self._links.close()
 
 
 class Measures:

@@ -1,31 +1,22 @@
 """What the llama.cpp kind of backend (one server, a map of them, a pool) shares: each request
 fitted to its server's context before it is sent (and once more after an overflow), the
-speeds it shows noted, and the HTTP client and links closed together."""
+speeds it shows noted."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
 
-import httpx
-
-from workers.backends.base import MAX_REPLY_BYTES, Backend, Measures
+from workers.backends.base import MAX_REPLY_BYTES, LinkedBackend, Measures
 from workers.backends.context import ContextFit
 from workers.contract.protocol import ChatOutcome, ChatRequest
-from workers.transport import Links
 
 
-class FittedBackend(Backend):
+class FittedBackend(LinkedBackend):
     """A subclass sets `fit`, `measures`, `_http` and `_links`, and says how one fitted request
     is sent (`send`)."""
 
     fit: ContextFit
     measures: Measures
-    _http: httpx.Client
-    _links: Links
-
-    def close(self) -> None:
-        self._http.close()
-        self._links.close()
 
     def chat(
         self,

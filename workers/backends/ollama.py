@@ -12,8 +12,8 @@ import httpx
 from workers.backends.base import (
     ERROR_BODY_BYTES,
     MAX_REPLY_BYTES,
-    Backend,
     Inventory,
+    LinkedBackend,
     Measures,
     read_capped,
     transport_error,
@@ -36,7 +36,7 @@ COLD_LOAD_MS = 1000.0  # a load_duration this long was a model load, not a warm 
 OLLAMA_PORT = 11434  # the node's port for an ssh:// address that names none
 
 
-class OllamaClient(Backend):
+class OllamaClient(LinkedBackend):
     """Talks to one Ollama server, at `http://…` or through an SSH tunnel (`ssh://alias`):
     `links` is the transport seam, and the backend closes it with itself."""
 
@@ -61,20 +61,16 @@ class OllamaClient(Backend):
         self.measures = Measures()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._http = httpx.Client(
+        self._http = self._links.client(
+            transport,
+            max_connections=max_connections,
             base_url=self.base_url,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=self._links.transport(transport, max_connections=max_connections),
-            limits=httpx.Limits(max_connections=max_connections),
         )
 
     @property
     def address(self) -> str:
         return self.where
-
-    def close(self) -> None:
-        self._http.close()
-        self._links.close()
 
     def chat(
         self,

@@ -49,10 +49,7 @@ class OpenAIBackend(FittedBackend):
     ) -> None:
         self._links = links or Links(connect_wait_s=connect_timeout, server_id=server_id)
         link = self._links.open(base_url, LLAMA_SERVER_PORT)
-        self._http = httpx.Client(
-            transport=self._links.transport(transport, max_connections=max_connections),
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        self._http = self._links.client(transport, max_connections=max_connections)
         self.server = ModelServer(
             link.base_url,
             self._http,

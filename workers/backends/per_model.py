@@ -48,10 +48,7 @@ class ModelServersBackend(FittedBackend):
     ) -> None:
         self._links = links or Links(connect_wait_s=connect_timeout, server_id=server_id)
         opened = {name: self._links.open(url, LLAMA_SERVER_PORT) for name, url in servers.items()}
-        self._http = httpx.Client(
-            transport=self._links.transport(transport, max_connections=max_connections),
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        self._http = self._links.client(transport, max_connections=max_connections)
         self.servers = {
             name: ModelServer(
                 link.base_url,

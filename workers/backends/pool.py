@@ -91,10 +91,7 @@ class PoolBackend(FittedBackend):
         self.model_slots = dict(model_slots or {})
         self.model_context = dict(model_context or {})
         self.server_id = server_id
-        self._http = httpx.Client(
-            transport=self._links.transport(transport, max_connections=max_connections),
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        self._http = self._links.client(transport, max_connections=max_connections)
         self.fit = ContextFit(server_id)
         self.measures = Measures()
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -95,6 +96,21 @@ class Links:
             return inner
         inner = inner or httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections))
         return _TunnelledTransport(self, inner)
+
+    def client(
+        self,
+        inner: httpx.BaseTransport | None = None,
+        *,
+        max_connections: int = 64,
+        **options: Any,
+    ) -> httpx.Client:
+        """The backend's httpx client over these links (`transport`), with `max_connections`;
+        `options` (a base URL, timeouts) as httpx takes them."""
+        return httpx.Client(
+            transport=self.transport(inner, max_connections=max_connections),
+            limits=httpx.Limits(max_connections=max_connections),
+            **options,
+        )
 
     def route(self, url: httpx.URL) -> tuple[SshTunnel, int] | None:
         """The tunnel and node port behind a URL this backend calls; None for a direct one."""
