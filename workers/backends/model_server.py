@@ -234,12 +234,7 @@ class ModelServer:
         response = self._get(path)
         if response.status_code in NOT_OFFERED or response.status_code == 503:
             return None
-        if response.status_code >= 400:
-            raise http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ServerError(f"{self.name}{path}: answer is not JSON") from exc
+        return json_answer(response, f"{self.name}{path}")
 
 
 class _SseReader:
@@ -396,6 +391,17 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
     return sock if isinstance(sock, socket.socket) else None
+
+
+def json_answer(response: httpx.Response, where: str) -> Any:
+    """The JSON of a llama.cpp-kind server's answer (the server or the pool manager at `where`):
+    an error answer as one of ours, an answer that is not JSON a ServerError."""
+    if response.status_code >= 400:
+        raise http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ServerError(f"{where}: answer is not JSON") from exc
 
 
 def http_error(status: int, content: bytes) -> BackendError:

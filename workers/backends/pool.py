@@ -26,14 +26,13 @@ from typing import Any, ClassVar
 import httpx
 
 from workers.backends.base import (
-    ERROR_BODY_BYTES,
     Inventory,
     Measures,
     transport_error,
 )
 from workers.backends.context import ContextFit
 from workers.backends.fitted import FittedBackend
-from workers.backends.model_server import PROBE_TIMEOUT_S, ModelServer, http_error
+from workers.backends.model_server import PROBE_TIMEOUT_S, ModelServer, json_answer
 from workers.contract.model_names import model_key, served_model_name
 from workers.contract.protocol import ChatOutcome, ChatRequest
 from workers.errors import BackendError, GenerationTimeout, ServerError, WrongModel
@@ -208,12 +207,7 @@ class PoolBackend(FittedBackend):
             )
         except httpx.HTTPError as exc:
             raise transport_error(f"{self.pool_url}{path}", exc) from exc
-        if response.status_code >= 400:
-            raise http_error(response.status_code, response.content[:ERROR_BODY_BYTES])
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ServerError(f"{self.pool_url}{path}: answer is not JSON") from exc
+        return json_answer(response, f"{self.pool_url}{path}")
 
     # Inventory -------------------------------------------------------------------------------
 
