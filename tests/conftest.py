@@ -8,6 +8,8 @@ import redis
 from hypothesis import settings
 
 from standins.embedded_redis import EmbeddedRedis
+from standins.simulator import SimServerSpec, SimulatorFleet
+from tests.fleet_checks import StartFleet
 
 # Property tests try 150 examples each; the edit loop (`make quick`) tries fewer.
 settings.register_profile("full", max_examples=150)
@@ -37,3 +39,18 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def start_fleet() -> Iterator[StartFleet]:
+    """Starts a private fleet for a test that counts or changes state; stops it afterwards."""
+    fleets: list[SimulatorFleet] = []
+
+    def start(*specs: SimServerSpec) -> SimulatorFleet:
+        fleet = SimulatorFleet(list(specs)).start()
+        fleets.append(fleet)
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,14 @@ from orchestrator.domain.messages import BotParams, NewMessage
 from orchestrator.domain.servers import ServerView
 from orchestrator.services import State
 from orchestrator.state.ledger import Ledger
-from standins.simulator import SimServerSpec
+from standins.simulator import SimServerSpec, SimulatorFleet
 from standins.stack import LocalStack
 from standins.waiting import wait_for
 
 _ids = itertools.count()
+
+# Starts a private simulated fleet, stopped after the test (the `start_fleet` fixture).
+StartFleet = Callable[..., SimulatorFleet]
 
 
 def post(

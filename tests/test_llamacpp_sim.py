@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,9 +27,9 @@ from standins.simulator import (
     serve,
 )
 from standins.waiting import wait_for
+from tests.fleet_checks import StartFleet
 
 ETERNAL, LOGIC, SCORER = "the-eternal-f16", "cold-logic-f16", "eq-score-f16"
-StartFleet = Callable[..., SimulatorFleet]
 LOADING_BODY = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
 
 
@@ -50,21 +50,6 @@ def shared() -> Iterator[SimulatorFleet]:
         [llama("two-slots", parallel=2), llama("scorer", SCORER, parallel=10)]
     ) as fleet:
         yield fleet
-
-
-@pytest.fixture
-def start_fleet() -> Iterator[StartFleet]:
-    """Starts a private fleet for a test that counts or changes state; stops it afterwards."""
-    fleets: list[SimulatorFleet] = []
-
-    def start(*specs: SimServerSpec) -> SimulatorFleet:
-        fleet = SimulatorFleet(list(specs)).start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        fleet.stop()
 
 
 def user(text: str) -> list[dict[str, str]]:

@@ -25,9 +25,9 @@ from standins.simulator import (
     serve,
 )
 from standins.waiting import wait_for
+from tests.fleet_checks import StartFleet
 
 SMALL, BIG = "llama3.2:3b", "qwen2.5:7b"
-StartFleet = Callable[..., SimulatorFleet]
 Connect = Callable[[str], ollama.Client]
 
 
@@ -49,21 +49,6 @@ def main_client(shared: SimulatorFleet) -> Iterator[httpx.Client]:
     """One kept-alive client for the many requests of a property test."""
     with httpx.Client(base_url=shared.urls["main"], timeout=10) as client:
         yield client
-
-
-@pytest.fixture
-def start_fleet() -> Iterator[StartFleet]:
-    """Starts a private fleet for a test that counts or changes state; stops it afterwards."""
-    fleets: list[SimulatorFleet] = []
-
-    def start(*specs: SimServerSpec) -> SimulatorFleet:
-        fleet = SimulatorFleet(list(specs)).start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        fleet.stop()
 
 
 @pytest.fixture
