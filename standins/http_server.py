@@ -62,8 +62,9 @@ class PromptServer(uvicorn.Server):
             await server.wait_closed()
 
 
-def uvicorn_server(app: ASGIApp, host: str, port: int) -> PromptServer:
-    config = uvicorn.Config(
+def quiet_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+    """A stand-in's uvicorn settings: no access log, no lifespan, a quick graceful stop."""
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -72,7 +73,10 @@ def uvicorn_server(app: ASGIApp, host: str, port: int) -> PromptServer:
         lifespan="off",
         timeout_graceful_shutdown=1,
     )
-    return PromptServer(config)
+
+
+def uvicorn_server(app: ASGIApp, host: str, port: int) -> PromptServer:
+    return PromptServer(quiet_config(app, host, port))
 
 
 async def serve_all(servers: list[PromptServer]) -> None:

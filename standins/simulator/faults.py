@@ -4,11 +4,14 @@ streams after some tokens)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__package__)  # the simulator logs as one: standins.simulator
 
 SIM_ERROR = re.compile(r"sim-error:(\d{3})")
 
@@ -39,6 +42,18 @@ class Faults:
     stall_next: int = 0
     stall_after_tokens: int = 1
     stall_model: str | None = None
+
+    def take_stall(self, model: str, server: str) -> int | None:
+        """How many tokens a stream of `model` sends before it stalls, when a stall is asked
+        for (one fewer is left then); None: it does not stall."""
+        if self.stall_next <= 0 or self.stall_model not in (None, model):
+            return None
+        self.stall_next -= 1
+        log.warning(
+            "server=%s stalling a stream after %d tokens until its client gives up",
+            server, self.stall_after_tokens,
+        )  # fmt: skip
+        return self.stall_after_tokens
 
 
 def changed_faults(

@@ -305,16 +305,10 @@ class SimulatedLlamaServer:
             generation.abandon()
 
     def _stall_after(self, ask: Ask) -> int | None:
-        if not self._told(self.faults.stall_next, self.faults.stall_model, ask):
-            return None
-        self.faults.stall_next -= 1
-        self.stats.failures_injected += 1
-        log.warning(
-            "server=%s stalling a stream after %d tokens until its client gives up",
-            self.spec.name,
-            self.faults.stall_after_tokens,
-        )
-        return self.faults.stall_after_tokens
+        stall_after = self.faults.take_stall(ask.model, self.spec.name)
+        if stall_after is not None:
+            self.stats.failures_injected += 1
+        return stall_after
 
     # Reports.
 

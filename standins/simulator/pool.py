@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
 from standins.embedded_redis import free_port
-from standins.http_server import PromptServer
+from standins.http_server import PromptServer, quiet_config
 from standins.simulator.errors import ApiError
 from standins.simulator.llama_server import SimulatedLlamaServer
 from standins.simulator.pool_app import build_pool_app
@@ -60,16 +59,7 @@ class ChildServer(PromptServer):
 
 
 def child_server(server: SimulatedLlamaServer, host: str, port: int) -> ChildServer:
-    config = uvicorn.Config(
-        server.app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
-    return ChildServer(config)
+    return ChildServer(quiet_config(server.app, host, port))
 
 
 @dataclass

@@ -158,16 +158,10 @@ class SimulatedOllama:
 
     def stall_if_told(self, model: str) -> int | None:
         """How many tokens this stream sends before it stalls; None: it does not stall."""
-        if self.faults.stall_next <= 0 or self.faults.stall_model not in (None, model):
-            return None
-        self.faults.stall_next -= 1
-        self.stats.failures_injected += 1
-        log.warning(
-            "server=%s stalling a stream after %d tokens until its client gives up",
-            self.spec.name,
-            self.faults.stall_after_tokens,
-        )
-        return self.faults.stall_after_tokens
+        stall_after = self.faults.take_stall(model, self.spec.name)
+        if stall_after is not None:
+            self.stats.failures_injected += 1
+        return stall_after
 
     # One generation request, end to end.
 
