@@ -63,6 +63,19 @@ def chat_message(
     )
 
 
+def bench_message(prefix: str, index: int, label: str = "bench") -> NewMessage:
+    """Message `index` of a bench's run, `{prefix}-{index}`, for the-eternal and the-critic in
+    turn, with a short context."""
+    return chat_message(
+        f"{prefix}-{index}",
+        f"{label} message {index}",
+        ETERNAL if index % 2 else CRITIC,
+        color="080150227",
+        context=["other: hello", "bench: hi"],
+        human_username="bench",
+    )
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The value at `fraction` (0..1) of the sorted values: the nearest rank, no interpolation."""
     ordered = sorted(values)

@@ -52,17 +52,15 @@ from celery import Celery
 
 from bench import floor_app
 from bench.common import (
-    CRITIC,
-    ETERNAL,
     LLAMA,
     PROJECT_ROOT,
     QWEN,
+    bench_message,
     bench_parser,
-    chat_message,
     percentile,
 )
 from orchestrator.domain.entities import Entity, EntityCatalog
-from orchestrator.domain.messages import Message, NewMessage
+from orchestrator.domain.messages import Message
 from orchestrator.domain.prompts import build_chat_request, build_eq_request
 from orchestrator.domain.replies import build_reply
 from orchestrator.entity_folder import load_entities
@@ -82,17 +80,6 @@ CONTROL_THREADS: int = Settings.model_fields["control_concurrency"].default
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRIVER_ID = "floor-driver"
 JOBS_PER_MESSAGE = 2  # a reply and a score, each its own two hops
-
-
-def message(index: int, prefix: str) -> NewMessage:
-    return chat_message(
-        f"{prefix}-{index}",
-        f"bench message {index}",
-        ETERNAL if index % 2 else CRITIC,
-        color="080150227",
-        context=["other: hello", "bench: hi"],
-        human_username="bench",
-    )
 
 
 def zero_latency_fleet() -> list[SimServerSpec]:
@@ -189,7 +176,7 @@ def pipeline_rate(
     stack.processes["bridge"].stop()
     with stack.queue_client() as queue:
         for index in range(count):
-            queue.post_comment(message(index, "rate"))
+            queue.post_comment(bench_message("rate", index))
     ours = CpuMeter(
         {
             "server_workers": [stack.processes[f"worker-{s.name}"].pid for s in stack.specs],
@@ -230,7 +217,7 @@ def added_latency_ms(stack: LocalStack, count: int, already_finished: int) -> li
     with stack.queue_client() as queue, ProgressReport("one at a time", total=count) as progress:
         for index in range(count):
             progress.update(index)
-            queue.post_comment(message(index, "single"))
+            queue.post_comment(bench_message("single", index))
             wait_quiet(stack, expected=already_finished + index + 1, timeout=60)
             job = ledger.get(f"single-{index}")
             assert job is not None
@@ -380,7 +367,7 @@ def http_floor(count: int) -> tuple[float, dict[str, float], dict[str, float]]:
             def run(prefix: str, messages: int, timeout_s: float) -> tuple[float, float]:
                 """Post, then claim and send each; (seconds until all were done, driver CPU)."""
                 for index in range(messages):
-                    queue.post_comment(message(index, prefix))
+                    queue.post_comment(bench_message(prefix, index))
                 stack.redis.set(floor_app.DONE_KEY, 0)
                 started, cpu_before = time.monotonic(), time.process_time()
                 with app.producer_or_acquire() as producer:

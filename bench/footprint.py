@@ -55,7 +55,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import CRITIC, ETERNAL, LLAMA, QWEN, bench_parser, chat_message, kept_dir
+from bench.common import LLAMA, QWEN, bench_message, bench_parser, kept_dir
 from orchestrator.domain.job import Outcome
 from orchestrator.domain.messages import NewMessage
 from standins.embedded_redis import free_port
@@ -331,14 +331,7 @@ def post_messages(stack: LocalStack, prefix: str, count: int) -> list[str]:
 
 
 def message(prefix: str, index: int) -> NewMessage:
-    return chat_message(
-        f"{prefix}-{index}",
-        f"footprint message {index}",
-        ETERNAL if index % 2 else CRITIC,
-        color="080150227",
-        context=["other: hello", "bench: hi"],
-        human_username="bench",
-    )
+    return bench_message(prefix, index, "footprint")
 
 
 def wait_finished(stack: LocalStack, messages: int, what: str, timeout: float) -> None:
